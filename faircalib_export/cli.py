@@ -1,0 +1,138 @@
+"""The `faircalib-export` command line.
+
+Commands are thin: parse options, call one library function, print the result. Heavy
+imports (torch, transformers, onnx) happen inside the commands so `--help` is instant.
+User errors (`FaircalibError`) print one line naming the problem and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import FaircalibError
+
+DEFAULT_MODEL = "tiny-llada"
+
+app = typer.Typer(
+    name="faircalib-export",
+    help="FAIR-Calib W4A4 quantization and edge export for diffusion LLMs (LLaDA, Dream).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+tiny_app = typer.Typer(help="Tiny LLaDA / Dream checkpoints for tests, examples and CI.",
+                       no_args_is_help=True)
+app.add_typer(tiny_app, name="tiny")
+
+console = Console()
+err_console = Console(stderr=True)
+
+ModelArg = Annotated[
+    str,
+    typer.Argument(help="Checkpoint directory, or a built-in model name "
+                        "(see `faircalib-export tiny list`)."),
+]
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.2f} MiB" if n < 2**30 else f"{n / 2**30:,.2f} GiB"
+
+
+@app.command()
+def info(
+    model: ModelArg = DEFAULT_MODEL,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+) -> None:
+    """Family, size, quantized linear layers, special tokens and a memory estimate."""
+    from .info import checkpoint_info
+    from .models.builtin import resolve_model
+
+    data = checkpoint_info(resolve_model(model))
+    if as_json:
+        console.print_json(json.dumps(data))
+        return
+    cfg = data["config"]
+    console.print(f"[bold]{data['path']}[/]  family [cyan]{data['family']}[/] "
+                  f"(model_type {data['model_type']!r}), {data['parameters']:,} parameters, "
+                  f"{len(data['shards'])} shard(s)")
+    console.print(f"hidden {cfg['hidden_size']}, intermediate {cfg['intermediate_size']}, "
+                  f"{cfg['num_layers']} layers, {cfg['num_heads']} heads / "
+                  f"{cfg['num_kv_heads']} KV heads, vocab {cfg['vocab_size']}, "
+                  f"logit shift {cfg['logit_shift']}, default policy {data['default_policy']}")
+    tokens = data["special_tokens"]
+    console.print("special tokens: " + ", ".join(f"{k} {v}" for k, v in tokens.items()))
+
+    table = Table(title="Linear layers quantized to W4A4")
+    for col in ("layer", "checkpoint key", "out", "in"):
+        table.add_column(col, justify="right" if col in ("out", "in") else "left")
+    for layer in data["linear_layers"]:
+        table.add_row(layer["name"], layer["checkpoint_key"], str(layer["out_features"]),
+                      str(layer["in_features"]))
+    console.print(table)
+
+    sites = Table(title="Online transform sites (per block)")
+    for col in ("site", "dim", "kronecker", "feeds"):
+        sites.add_column(col)
+    for s in data["transform_sites"]:
+        sites.add_row(s["name"], str(s["dim"]), " x ".join(map(str, s["kron"])),
+                      ", ".join(s["linears"]))
+    console.print(sites)
+
+    mem = data["memory"]
+    console.print(f"weights: FP16 {_mib(mem['fp16_bytes'])} -> W4A4 {_mib(mem['w4a4_bytes'])} "
+                  f"({mem['fp16_bytes'] / mem['w4a4_bytes']:.2f}x smaller; embeddings and "
+                  f"LM head kept in FP16)")
+
+
+@tiny_app.command("create")
+def tiny_create(
+    out: Annotated[Path, typer.Argument(help="Output checkpoint directory.")],
+    family: Annotated[str, typer.Option(help="llada or dream.")] = "llada",
+    hidden_size: int = 64,
+    intermediate_size: Annotated[int, typer.Option(help="Default: 3 x hidden size.")] = 0,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: Annotated[int, typer.Option(help="Default: num heads.")] = 0,
+    shards: Annotated[int, typer.Option(help="Number of safetensors shards.")] = 1,
+    seed: int = 0,
+    dtype: Annotated[str, typer.Option(help="fp32, bf16 or fp16.")] = "fp32",
+) -> None:
+    """Write a random-init checkpoint in the real LLaDA or Dream layout."""
+    from .models.tiny import write_tiny_checkpoint
+
+    path = write_tiny_checkpoint(
+        out, family, shards=shards, seed=seed, dtype=dtype, hidden_size=hidden_size,
+        intermediate_size=intermediate_size or None, num_layers=num_layers,
+        num_heads=num_heads, num_kv_heads=num_kv_heads or None,
+    )
+    console.print(f"wrote {family} checkpoint to {path}")
+
+
+@tiny_app.command("list")
+def tiny_list() -> None:
+    """Built-in model names accepted wherever a MODEL is expected."""
+    from .models.builtin import TINY, shipped_models
+
+    for name in shipped_models():
+        console.print(f"{name}  (shipped, trained)")
+    for name in sorted(TINY):
+        console.print(f"{name}  (random init, generated on first use)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        app(args=argv, prog_name="faircalib-export")
+    except FaircalibError as err:
+        err_console.print(f"[bold red]error:[/] {err}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""Write models in the real LLaDA / Dream directory layouts.
+
+`save_checkpoint` is the inverse of `loading.load_model`: config.json with the family's
+real field names, `model.safetensors` or `model-0000i-of-0000n.safetensors` shards with
+an index, tokenizer files and a generation config. The directory is written to a
+temporary sibling and renamed, so an interrupted save never leaves a checkpoint that
+looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from ..artifacts import atomic_dir
+from .families import get_family
+from .loading import INDEX_FILE, SINGLE_FILE
+from .transformer import DiffusionLM
+
+
+def checkpoint_state(
+    model: DiffusionLM, dtype: torch.dtype | None = None
+) -> dict[str, torch.Tensor]:
+    """Checkpoint key -> contiguous CPU tensor, in the family's key layout."""
+    cfg = model.cfg
+    params = dict(model.named_parameters(remove_duplicate=False))
+    out = {}
+    for canon, key in get_family(cfg.family).keys.mapping(cfg).items():
+        t = params[canon].detach().to("cpu")
+        out[key] = (t.to(dtype) if dtype is not None else t).contiguous().clone()
+    return out
+
+
+def write_weights(state: dict[str, torch.Tensor], out: Path, shards: int = 1) -> None:
+    """Write tensors as one file, or as `shards` files plus the HF index."""
+    if shards <= 1:
+        save_file(state, str(out / SINGLE_FILE), metadata={"format": "pt"})
+        return
+    keys = list(state)
+    if shards > len(keys):
+        raise ValueError(f"cannot split {len(keys)} tensors into {shards} shards")
+    weight_map, total = {}, 0
+    for i in range(shards):
+        part = keys[i * len(keys) // shards:(i + 1) * len(keys) // shards]
+        name = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        save_file({k: state[k] for k in part}, str(out / name), metadata={"format": "pt"})
+        for k in part:
+            weight_map[k] = name
+            total += state[k].numel() * state[k].element_size()
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (out / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+
+
+def save_checkpoint(
+    model: DiffusionLM,
+    out: str | Path,
+    write_tokenizer,
+    *,
+    shards: int = 1,
+    dtype: torch.dtype | None = None,
+    extra_files: dict[str, str] | None = None,
+) -> Path:
+    """Save `model` to `out` in its family's real layout.
+
+    `write_tokenizer(dir)` writes the tokenizer files; `extra_files` maps file names to
+    text (a model card, say).
+    """
+    cfg = model.cfg
+    family = get_family(cfg.family)
+    with atomic_dir(out) as tmp:
+        (tmp / "config.json").write_text(json.dumps(family.write_config(cfg), indent=2) + "\n")
+        generation = {"bos_token_id": cfg.eos_token_id, "eos_token_id": cfg.eos_token_id,
+                      "pad_token_id": cfg.pad_token_id, "mask_token_id": cfg.mask_token_id}
+        (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+        write_weights(checkpoint_state(model, dtype), tmp, shards)
+        write_tokenizer(tmp)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+    return Path(out)

@@ -1,0 +1,222 @@
+"""Load LLaDA / Dream checkpoints from a local Hugging Face style directory.
+
+Reads `config.json`, then `model.safetensors` or the shards named by
+`model.safetensors.index.json`. The model is built on the meta device and each tensor
+is assigned as it is read, so peak memory is about one copy of the weights. Python files
+shipped in the directory (modeling_*.py, tokenization_*.py) are never imported.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from ..errors import CheckpointError, ConfigError
+from .config import ModelConfig
+from .families import Family, family_for_model_type, parse_config
+from .transformer import DiffusionLM
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        return name
+    try:
+        return DTYPES[name.lower()]
+    except KeyError:
+        choices = ", ".join(DTYPES)
+        raise ConfigError(f"unsupported dtype {name!r}; choose one of {choices}") from None
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise CheckpointError(f"{path} not found")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path} is not valid JSON: {err}") from err
+
+
+def _checkpoint_dir(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint directory {path} does not exist")
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is not a directory (expected a checkpoint directory)")
+    return path
+
+
+def read_config(path: str | Path) -> tuple[Family, ModelConfig]:
+    """Family and normalized config of a checkpoint dir, or of a bare config.json file."""
+    path = Path(path)
+    cfg_file = path if path.suffix == ".json" else _checkpoint_dir(path) / "config.json"
+    raw = _read_json(cfg_file)
+    return family_for_model_type(raw.get("model_type"), str(cfg_file)), parse_config(
+        raw, str(cfg_file)
+    )
+
+
+def weight_files(path: Path) -> dict[str, Path]:
+    """Checkpoint key -> the safetensors file that holds it (validated to exist)."""
+    index = path / INDEX_FILE
+    if index.is_file():
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(f"{index} has no 'weight_map'")
+        missing = sorted({f for f in weight_map.values() if not (path / f).is_file()})
+        if missing:
+            raise CheckpointError(f"missing shard(s) listed in {index}: {', '.join(missing)}")
+        return {key: path / f for key, f in weight_map.items()}
+    single = path / SINGLE_FILE
+    if not single.is_file():
+        raise CheckpointError(f"{path} has neither {SINGLE_FILE} nor {INDEX_FILE}")
+    try:
+        with safe_open(single, framework="pt") as f:
+            return dict.fromkeys(f.keys(), single)
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{single} is corrupt or truncated: {err}") from err
+
+
+@dataclass(frozen=True)
+class CheckpointPlan:
+    """What `inspect_checkpoint` found: every tensor located, shapes checked."""
+
+    path: Path
+    family: Family
+    cfg: ModelConfig
+    mapping: dict[str, str]  # canonical parameter name -> checkpoint key
+    files: dict[str, Path]  # checkpoint key -> safetensors file
+
+    @property
+    def shards(self) -> list[Path]:
+        return sorted(set(self.files.values()))
+
+
+def meta_model(cfg: ModelConfig) -> DiffusionLM:
+    with torch.device("meta"):  # shapes only, no memory
+        return DiffusionLM(cfg)
+
+
+def inspect_checkpoint(path: str | Path) -> CheckpointPlan:
+    """Validate a checkpoint without reading tensor data.
+
+    Checks config.json, that every shard exists and has a readable header covering the
+    whole file (a truncated file fails here), that every tensor the architecture needs is
+    present, and that each stored shape matches the config. Errors name the file and key.
+    """
+    path = _checkpoint_dir(path)
+    family, cfg = read_config(path)
+    mapping = family.keys.mapping(cfg)
+    files = weight_files(path)
+    missing = [key for key in mapping.values() if key not in files]
+    if missing:
+        more = f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""
+        shown = ", ".join(missing[:5]) + more
+        raise CheckpointError(f"{path}: checkpoint lacks tensor(s) {shown}")
+    unexpected = set(files) - set(mapping.values())
+    if unexpected:
+        log.warning("%s: ignoring %d unexpected tensor(s), e.g. %s", path, len(unexpected),
+                    sorted(unexpected)[0])
+    expected = {name: tuple(p.shape) for name, p in meta_model(cfg).named_parameters()}
+    by_file: dict[Path, list[tuple[str, str]]] = defaultdict(list)
+    for canon, key in mapping.items():
+        by_file[files[key]].append((canon, key))
+    for file, entries in sorted(by_file.items()):
+        try:
+            with safe_open(file, framework="pt") as f:
+                stored = set(f.keys())
+                for canon, key in entries:
+                    if key not in stored:
+                        raise CheckpointError(
+                            f"{file.name}: index lists {key} but the file lacks it"
+                        )
+                    shape = tuple(f.get_slice(key).get_shape())
+                    if shape != expected[canon]:
+                        raise CheckpointError(
+                            f"{file.name}: tensor {key} has shape {shape}, "
+                            f"expected {expected[canon]} from config.json"
+                        )
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(f"{file} is corrupt or truncated: {err}") from err
+    return CheckpointPlan(path, family, cfg, mapping, files)
+
+
+def load_model(
+    path: str | Path,
+    dtype: str | torch.dtype = "fp32",
+    device: str | torch.device = "cpu",
+) -> DiffusionLM:
+    """Build the model for a checkpoint directory and load its weights.
+
+    The model is created on the meta device and tensors are assigned as they are read,
+    so peak memory is about one copy of the weights in the target dtype.
+    """
+    plan = inspect_checkpoint(path)
+    dtype = parse_dtype(dtype)
+    by_file: dict[Path, list[tuple[str, str]]] = defaultdict(list)
+    for canon, key in plan.mapping.items():
+        by_file[plan.files[key]].append((canon, key))
+
+    state: dict[str, torch.Tensor] = {}
+    for file, entries in sorted(by_file.items()):
+        try:
+            with safe_open(file, framework="pt", device="cpu") as f:
+                for canon, key in entries:
+                    state[canon] = f.get_tensor(key).to(device=device, dtype=dtype)
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(f"{file} is corrupt or truncated: {err}") from err
+
+    model = meta_model(plan.cfg)
+    if plan.cfg.tie_word_embeddings:
+        state["lm_head.weight"] = state["embed.weight"]
+    model.load_state_dict(state, strict=True, assign=True)
+    if plan.cfg.tie_word_embeddings:
+        model.lm_head.weight = model.embed.weight
+    return model.eval()
+
+
+def load_tokenizer(path: str | Path, family: Family | None = None):
+    """The checkpoint's tokenizer via transformers, never running remote code.
+
+    Real Dream checkpoints name a remote-code tokenizer class (`DreamTokenizer`); its
+    files are a plain Qwen2 byte-level BPE, so the family's fallback class reads them.
+    """
+    import warnings
+
+    import transformers
+    from transformers import AutoTokenizer
+
+    path = _checkpoint_dir(path)
+    if family is None:
+        family, _ = read_config(path)
+    # AutoTokenizer reads config.json, whose model_type transformers does not know: that
+    # is expected here, so keep its warnings about it off the user's terminal.
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+            except (ValueError, OSError, KeyError, TypeError) as err:
+                first = err
+            try:
+                return getattr(transformers, family.tokenizer_fallback).from_pretrained(str(path))
+            except Exception as err2:  # noqa: BLE001 - report both failures
+                raise CheckpointError(
+                    f"{path}: cannot load the tokenizer ({first}); fallback "
+                    f"{family.tokenizer_fallback} failed too ({err2})"
+                ) from err2
+    finally:
+        transformers.logging.set_verbosity(verbosity)

@@ -1,0 +1,1 @@
+"""W4A4 quantization core: quantizers, learnable transforms, transform sites."""
