@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 from ..errors import CheckpointError, ConfigError
 from .config import ModelConfig
@@ -23,6 +22,12 @@ from .families import Family, family_for_model_type, parse_config
 from .transformer import DiffusionLM
 
 log = logging.getLogger(__name__)
+
+ST_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U8": torch.uint8, "BOOL": torch.bool,
+}
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 INDEX_FILE = "model.safetensors.index.json"
@@ -67,6 +72,32 @@ def read_config(path: str | Path) -> tuple[Family, ModelConfig]:
     )
 
 
+def read_header(file: Path) -> dict[str, dict]:
+    """The tensor table of a safetensors file, checked to cover the file exactly.
+
+    Format: 8-byte little-endian header length N, N bytes of JSON mapping each key to
+    {dtype, shape, data_offsets}, then the data. A truncated or padded file, or a header
+    that does not parse, raises `CheckpointError` naming the file.
+    """
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if size < 8 or n > size - 8:
+                raise CheckpointError(f"{file} is corrupt or truncated: header runs past the end")
+            header = json.loads(f.read(n))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{file} is corrupt or truncated: {err}") from err
+    header.pop("__metadata__", None)
+    end = max((t["data_offsets"][1] for t in header.values()), default=0)
+    if 8 + n + end != size:
+        raise CheckpointError(
+            f"{file} is corrupt or truncated: header describes {8 + n + end} bytes, "
+            f"file has {size}"
+        )
+    return header
+
+
 def weight_files(path: Path) -> dict[str, Path]:
     """Checkpoint key -> the safetensors file that holds it (validated to exist)."""
     index = path / INDEX_FILE
@@ -81,11 +112,7 @@ def weight_files(path: Path) -> dict[str, Path]:
     single = path / SINGLE_FILE
     if not single.is_file():
         raise CheckpointError(f"{path} has neither {SINGLE_FILE} nor {INDEX_FILE}")
-    try:
-        with safe_open(single, framework="pt") as f:
-            return dict.fromkeys(f.keys(), single)
-    except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"{single} is corrupt or truncated: {err}") from err
+    return dict.fromkeys(read_header(single), single)
 
 
 @dataclass(frozen=True)
@@ -133,23 +160,55 @@ def inspect_checkpoint(path: str | Path) -> CheckpointPlan:
     for canon, key in mapping.items():
         by_file[files[key]].append((canon, key))
     for file, entries in sorted(by_file.items()):
-        try:
-            with safe_open(file, framework="pt") as f:
-                stored = set(f.keys())
-                for canon, key in entries:
-                    if key not in stored:
-                        raise CheckpointError(
-                            f"{file.name}: index lists {key} but the file lacks it"
-                        )
-                    shape = tuple(f.get_slice(key).get_shape())
-                    if shape != expected[canon]:
-                        raise CheckpointError(
-                            f"{file.name}: tensor {key} has shape {shape}, "
-                            f"expected {expected[canon]} from config.json"
-                        )
-        except (SafetensorError, OSError) as err:
-            raise CheckpointError(f"{file} is corrupt or truncated: {err}") from err
+        header = read_header(file)
+        for canon, key in entries:
+            if key not in header:
+                raise CheckpointError(f"{file.name}: index lists {key} but the file lacks it")
+            meta = header[key]
+            if meta.get("dtype") not in ST_DTYPES:
+                raise CheckpointError(f"{file.name}: tensor {key} has unsupported dtype "
+                                      f"{meta.get('dtype')!r}")
+            shape = tuple(meta["shape"])
+            if shape != expected[canon]:
+                raise CheckpointError(
+                    f"{file.name}: tensor {key} has shape {shape}, "
+                    f"expected {expected[canon]} from config.json"
+                )
     return CheckpointPlan(path, family, cfg, mapping, files)
+
+
+
+
+def read_tensors(
+    file: Path,
+    entries: list[tuple[str, str]],  # (name to return it under, key in the file)
+    dtype: torch.dtype,
+    device: str | torch.device,
+) -> dict[str, torch.Tensor]:
+    """Read tensors from one safetensors file straight into freshly allocated memory.
+
+    safetensors' own reader maps the file, and mapped pages count as resident memory, so
+    peak RSS would be about twice the weights; reading each tensor's bytes into its final
+    buffer keeps it at one copy (plus one tensor when the dtype is converted).
+    """
+    out = {}
+    try:
+        with open(file, "rb") as f:
+            header_len = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(header_len))
+            base = 8 + header_len
+            for name, key in entries:
+                meta = header[key]
+                begin, end = meta["data_offsets"]
+                t = torch.empty(meta["shape"], dtype=ST_DTYPES[meta["dtype"]])
+                buf = t.view(-1).view(torch.uint8).numpy() if t.numel() else None
+                f.seek(base + begin)
+                if buf is not None and f.readinto(buf) != end - begin:
+                    raise CheckpointError(f"{file} is truncated inside tensor {key}")
+                out[name] = t.to(device=device, dtype=dtype)
+    except (OSError, KeyError, ValueError) as err:
+        raise CheckpointError(f"{file} is corrupt or truncated: {err}") from err
+    return out
 
 
 def load_model(
@@ -170,12 +229,7 @@ def load_model(
 
     state: dict[str, torch.Tensor] = {}
     for file, entries in sorted(by_file.items()):
-        try:
-            with safe_open(file, framework="pt", device="cpu") as f:
-                for canon, key in entries:
-                    state[canon] = f.get_tensor(key).to(device=device, dtype=dtype)
-        except (SafetensorError, OSError) as err:
-            raise CheckpointError(f"{file} is corrupt or truncated: {err}") from err
+        state.update(read_tensors(file, entries, dtype, device))
 
     model = meta_model(plan.cfg)
     if plan.cfg.tie_word_embeddings:
