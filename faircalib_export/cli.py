@@ -91,6 +91,77 @@ def info(
                   f"LM head kept in FP16)")
 
 
+def calib_shape(hidden_size: int) -> tuple[int, int]:
+    """Default (samples, sequence length): the paper's 128 x 1024 for real models, scaled
+    to 64 x 128 for the tiny models (their training sequences are under 100 tokens)."""
+    return (128, 1024) if hidden_size >= 1024 else (64, 128)
+
+
+@app.command()
+def calibrate(
+    model: ModelArg,
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output artifact directory.")],
+    method: Annotated[str, typer.Option(
+        help="rtn, quarot, flatquant, fair-calib, qdrop or qdrop-weighted.")] = "fair-calib",
+    prior: Annotated[Path | None, typer.Option(
+        help="Prior from `probe` (fair-calib, qdrop-weighted).")] = None,
+    data: Annotated[str | None, typer.Option(
+        help="Calibration text: a .txt file, a .jsonl file (text, or question/answer), or "
+             "task:NAME for a tiny-model task. Default for shipped tiny models: their task.")
+    ] = None,
+    samples: Annotated[int | None, typer.Option(help="Calibration sequences.")] = None,
+    seq_len: Annotated[int | None, typer.Option(help="Tokens per sequence.")] = None,
+    epochs: int = 15,
+    batch_size: int = 4,
+    lr: float = 5e-3,
+    w_bits: Annotated[int, typer.Option(help="Weight bits (2-8).")] = 4,
+    a_bits: Annotated[int, typer.Option(help="Activation bits (2-8, 16 = none).")] = 4,
+    seed: int = 0,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+) -> None:
+    """Stage II: calibrate every block against the FP model (resumable)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .calibrate.artifact import run_calibration
+    from .calibrate.data import calibration_tokens
+    from .calibrate.methods import get_method
+    from .calibrate.stage2 import CalibConfig
+    from .models.builtin import default_task, resolve_model
+    from .models.loading import load_tokenizer, read_config
+    from .probe.prior import Prior
+
+    path = resolve_model(model)
+    _, mcfg = read_config(path)
+    cfg = CalibConfig(method=method, w_bits=w_bits, a_bits=a_bits, epochs=epochs,
+                      batch_size=batch_size, lr=lr, seed=seed, device=device)
+    meth = get_method(method)
+    if meth.weighted and prior is None:
+        raise FaircalibError(f"--method {method} needs --prior (a directory from `probe`)")
+    loaded_prior = Prior.load(prior) if meth.weighted else None
+    source = data or default_task(path)
+    if source is None:
+        raise FaircalibError(f"{path} has no default calibration data: pass --data")
+    default_n, default_len = calib_shape(mcfg.hidden_size)
+    tokens = calibration_tokens(load_tokenizer(path), source, samples or default_n,
+                                seq_len or default_len, seed=seed, eos_id=mcfg.eos_token_id)
+    epochs_total = mcfg.num_layers * max(1, epochs if meth.trains else 1)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                  console=err_console) as bar:
+        task = bar.add_task(f"{method} block 0", total=epochs_total)
+
+        def progress(block: int, phase: str, loss: float | None) -> None:
+            shown = "" if loss is None else f" loss {loss:.3e}"
+            bar.update(task, description=f"{method} block {block}/{mcfg.num_layers} "
+                                         f"{phase}{shown}")
+            if phase == "epoch" or (phase in ("resumed", "done") and not meth.trains):
+                bar.advance(task)
+            elif phase == "resumed":
+                bar.advance(task, max(1, epochs))
+
+        result = run_calibration(path, out, cfg, tokens, loaded_prior, source, progress)
+    console.print(f"wrote calibrated artifact {result}")
+
+
 @tiny_app.command("create")
 def tiny_create(
     out: Annotated[Path, typer.Argument(help="Output checkpoint directory.")],

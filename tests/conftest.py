@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from faircalib_export.models.tiny import write_tiny_checkpoint
@@ -27,3 +29,12 @@ def llada_single_dir(tmp_path_factory):
 def dream_dir(tmp_path_factory):
     return write_tiny_checkpoint(tmp_path_factory.mktemp("ck") / "dream", "dream", shards=2,
                                  init_std=0.2, **DREAM_ODD)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The public data sets in ../shared/data beside the checkout (skip where absent)."""
+    path = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    if not path.is_dir():
+        pytest.skip(f"{path} not present")
+    return path

@@ -49,3 +49,14 @@ def resolve_model(name_or_path: str | Path) -> Path:
         f"{name}: no such checkpoint directory, and not a built-in model "
         f"({', '.join(builtin_names())})"
     )
+
+
+def default_task(path: Path) -> str | None:
+    """`task:NAME` for a checkpoint trained by `tiny train` (from its training.json)."""
+    record = Path(path) / "training.json"
+    if not record.is_file():
+        return None
+    import json
+
+    task = json.loads(record.read_text()).get("task")
+    return f"task:{task}" if task else None

@@ -1,0 +1,122 @@
+"""The calibrated artifact: a directory `fold` and the evaluators consume.
+
+    OUT/
+      manifest.json     kind "calibrated": config, quant spec, base model, input hashes
+      blocks/block_XXX.pt  per-block calibration state (transforms, scales, clips, GPTQ
+                        weights); nothing of the pretrained weights
+      prior.json        the prior used (uniform for unweighted methods)
+      stats.json        per-block loss and relative error
+
+The run works in `OUT.partial/`, which is renamed to OUT only when every block is
+done; a rerun with the same settings resumes from the finished blocks there.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from ..artifacts import MANIFEST, file_sha256, write_manifest
+from ..errors import ConfigError
+from ..models.loading import load_model
+from ..probe.prior import Prior
+from ..quant.qblock import QuantBlock
+from .methods import get_method
+from .stage2 import CalibConfig, block_file, calibrate_blocks
+
+KIND = "calibrated"
+
+
+def _base_inputs(model_path: Path) -> dict[str, Path]:
+    inputs = {"model_config": model_path / "config.json"}
+    index = model_path / "model.safetensors.index.json"
+    inputs["model_weights_index" if index.is_file() else "model_weights"] = (
+        index if index.is_file() else model_path / "model.safetensors")
+    return inputs
+
+
+def run_calibration(
+    model_path: Path,
+    out: Path,
+    cfg: CalibConfig,
+    tokens: torch.Tensor,
+    prior: Prior | None,
+    data_source: str,
+    progress: Callable[[int, str, float | None], None] = lambda *a: None,
+) -> Path:
+    method = get_method(cfg.method)
+    if method.weighted and prior is None:
+        raise ConfigError(f"method {cfg.method} needs a prior (--prior PRIOR_DIR from `probe`)")
+    prior = prior if method.weighted else Prior.uniform()
+    out = Path(out)
+    partial = out.parent / f"{out.name}.partial"
+    settings = {"calib": cfg.to_dict(), "spec": method.spec(cfg.w_bits, cfg.a_bits).to_dict(),
+                "data": data_source, "n_samples": int(tokens.shape[0]),
+                "seq_len": int(tokens.shape[1]),
+                "tokens_sha256": _tensor_hash(tokens), "prior": prior.weights.tolist(),
+                "prior_floor": prior.floor}
+    if partial.exists():
+        old = json.loads((partial / "settings.json").read_text()) \
+            if (partial / "settings.json").is_file() else None
+        if old != settings:
+            shutil.rmtree(partial)  # different run: its blocks are not reusable
+    partial.mkdir(parents=True, exist_ok=True)
+    (partial / "settings.json").write_text(json.dumps(settings, indent=1) + "\n")
+
+    model = load_model(model_path, "fp32")
+    start = time.time()
+    stats = calibrate_blocks(model, tokens, prior, cfg, partial / "blocks", progress)
+    prior.save(partial)
+    (partial / "stats.json").write_text(json.dumps(stats, indent=1) + "\n")
+    write_manifest(partial, KIND, {**settings, "base_model": str(Path(model_path).resolve()),
+                                   "family": model.cfg.family},
+                   inputs=_base_inputs(Path(model_path)), seconds=round(time.time() - start, 2))
+    (partial / "settings.json").unlink()
+    if out.exists():
+        shutil.rmtree(out)
+    partial.rename(out)
+    return out
+
+
+def _tensor_hash(t: torch.Tensor) -> str:
+    import hashlib
+
+    return hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()
+
+
+def read_manifest(artifact: Path) -> dict:
+    file = Path(artifact) / MANIFEST
+    if not file.is_file():
+        raise ConfigError(f"{artifact} is not a calibrated artifact (no {MANIFEST}); "
+                          f"an unfinished run lives in {artifact}.partial")
+    manifest = json.loads(file.read_text())
+    if manifest.get("kind") != KIND:
+        raise ConfigError(f"{artifact}: expected a calibrated artifact, found "
+                          f"{manifest.get('kind')!r}")
+    return manifest
+
+
+def load_quantized(artifact: str | Path, base_model: str | Path | None = None,
+                   device: str = "cpu"):
+    """The base model with every block replaced by its calibrated fake-quant block."""
+    artifact = Path(artifact)
+    manifest = read_manifest(artifact)
+    base = Path(base_model or manifest["config"]["base_model"])
+    cfg_hash = manifest["inputs"]["model_config"]["sha256"]
+    if file_sha256(base / "config.json") != cfg_hash:
+        raise ConfigError(f"{base}/config.json differs from the one {artifact} was calibrated on")
+    model = load_model(base, "fp32", device)
+    spec = get_method(manifest["config"]["calib"]["method"]).spec(
+        manifest["config"]["calib"]["w_bits"], manifest["config"]["calib"]["a_bits"])
+    seed = manifest["config"]["calib"]["seed"]
+    for i, block in enumerate(model.blocks):
+        qb = QuantBlock(block, spec, seed=seed + 1000 * i)
+        qb.load_calib_state(torch.load(block_file(artifact / "blocks", i), map_location=device,
+                                       weights_only=True))
+        model.blocks[i] = qb
+    return model.eval()

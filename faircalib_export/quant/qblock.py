@@ -1,0 +1,148 @@
+"""A fake-quantized W4A4 block: drop-in replacement for `models.transformer.Block`.
+
+The pretrained weights stay frozen inside the wrapped FP block. Each of the four sites
+transforms its input (x' = P (x / c)), fake-quantizes x' per token, and multiplies by
+the fake-quantized folded weight W' = W diag(c) P^-1 (per output channel). Only the
+transform, scale and clipping parameters train.
+
+Where c goes at deployment: for the qkv and gate/up sites into the preceding RMSNorm
+weight; for the o and down sites into the rows of v_proj and up_proj (per-row weight
+quantization is invariant to row scaling, so that move is exact). Calibration divides
+at the site, which is the same function.
+
+`weight_override` replaces a linear's quantized weight by precomputed values (GPTQ
+output for the QuaRot baseline).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models.transformer import Block, apply_rope
+from .layout import transform_sites
+from .quantizer import ActQuantizer, WeightQuantizer, check_bits
+from .transforms import SiteTransform
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """How a block is quantized (the numerics), independent of how it is calibrated."""
+
+    w_bits: int = 4
+    a_bits: int = 4
+    transform: str = "learnable"  # none | hadamard | learnable
+    smooth: bool = True  # learnable per-channel scales
+    learn_w_clip: bool = True
+    learn_a_clip: bool = True
+
+    def __post_init__(self) -> None:
+        check_bits(self.w_bits, "weight")
+        check_bits(self.a_bits, "activation", allow_16=True)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+LINEAR_SITE = {
+    "attn.q_proj": "qkv", "attn.k_proj": "qkv", "attn.v_proj": "qkv", "attn.o_proj": "o",
+    "mlp.gate_proj": "gate_up", "mlp.up_proj": "gate_up", "mlp.down_proj": "down",
+}
+
+
+def _key(linear: str) -> str:  # ModuleDict keys cannot hold dots
+    return linear.replace(".", "_")
+
+
+class QuantBlock(nn.Module):
+    def __init__(self, block: Block, spec: QuantSpec, seed: int = 0):
+        super().__init__()
+        cfg = block.attn.cfg
+        self.cfg, self.spec = cfg, spec
+        self.fp = block
+        self.fp.requires_grad_(False)
+        kv_groups = (cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim)
+        self.sites = nn.ModuleDict({
+            site.name: SiteTransform(site.dim, spec.transform, spec.smooth, seed + 7 * i,
+                                     kv_groups=kv_groups if site.name == "o" else None)
+            for i, site in enumerate(transform_sites(cfg))
+        })
+        self.act = nn.ModuleDict({name: ActQuantizer(spec.a_bits, spec.learn_a_clip)
+                                  for name in self.sites})
+        self.wq = nn.ModuleDict({
+            _key(name): WeightQuantizer(self.linear(name).out_features, spec.w_bits,
+                                        spec.learn_w_clip)
+            for name in LINEAR_SITE
+        })
+        self.weight_override: dict[str, torch.Tensor] = {}
+        self.to(next(block.parameters()).device)
+
+    def linear(self, name: str) -> nn.Linear:
+        return self.fp.get_submodule(name)
+
+    def trainable(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """(transform and scale parameters, clipping parameters)."""
+        clips, other = [], []
+        for name, p in self.named_parameters():
+            if p.requires_grad:
+                (clips if "clip_logit" in name else other).append(p)
+        return other, clips
+
+    def folded_weight(self, name: str) -> torch.Tensor:
+        return self.sites[LINEAR_SITE[name]].fold_weight(self.linear(name).weight)
+
+    def quantized_weight(self, name: str) -> torch.Tensor:
+        if name in self.weight_override:
+            return self.weight_override[name]
+        return self.wq[_key(name)](self.folded_weight(name))
+
+    def site_input(self, site: str, x: torch.Tensor, drop_prob: float = 0.0) -> torch.Tensor:
+        """Transformed, fake-quantized input of a site (what its linears consume)."""
+        return self.act[site](self.sites[site](x), drop_prob)
+
+    def _mm(self, name: str, xq: torch.Tensor) -> torch.Tensor:
+        lin = self.linear(name)
+        return F.linear(xq, self.quantized_weight(name).to(xq.dtype), lin.bias)
+
+    def forward(self, h, cos, sin, attn_mask, drop_prob: float = 0.0):
+        cfg = self.cfg
+        b, s, _ = h.shape
+        nh, g, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+
+        x = self.site_input("qkv", self.fp.attn_norm(h), drop_prob)
+        q = self._mm("attn.q_proj", x).view(b, s, nh, d).transpose(1, 2)  # (B, H, S, D)
+        k = self._mm("attn.k_proj", x).view(b, s, g, d).transpose(1, 2)  # (B, G, S, D)
+        v = self._mm("attn.v_proj", x).view(b, s, g, d).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin, cfg.rope_fp32), apply_rope(k, cos, sin, cfg.rope_fp32)
+        if g != nh:
+            k = k.repeat_interleave(nh // g, dim=1)
+            v = v.repeat_interleave(nh // g, dim=1)
+        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        attn = attn.transpose(1, 2).reshape(b, s, nh * d)
+        h = h + self._mm("attn.o_proj", self.site_input("o", attn, drop_prob))
+
+        x = self.site_input("gate_up", self.fp.mlp_norm(h), drop_prob)
+        gated = F.silu(self._mm("mlp.gate_proj", x)) * self._mm("mlp.up_proj", x)
+        return h + self._mm("mlp.down_proj", self.site_input("down", gated, drop_prob))
+
+    def calib_state(self) -> dict[str, torch.Tensor]:
+        """Everything calibration produced (no pretrained weights), for saving."""
+        state = {k: v.detach().cpu() for k, v in self.state_dict().items()
+                 if not k.startswith("fp.")}
+        for name, w in self.weight_override.items():
+            state[f"override.{name}"] = w.detach().cpu()
+        return state
+
+    def load_calib_state(self, state: dict[str, torch.Tensor]) -> None:
+        own = {k: v for k, v in state.items() if not k.startswith("override.")}
+        missing, unexpected = self.load_state_dict(own, strict=False)
+        missing = [k for k in missing if not k.startswith("fp.")]
+        if missing or unexpected:
+            raise KeyError(f"calibration state mismatch: missing {missing}, "
+                           f"unexpected {unexpected}")
+        device = next(self.fp.parameters()).device
+        self.weight_override = {k[len("override."):]: v.to(device)
+                                for k, v in state.items() if k.startswith("override.")}

@@ -1,0 +1,173 @@
+"""Stage II: the block loop, resume, bad input, and the pieces it is built from."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from faircalib_export.calibrate.artifact import load_quantized, run_calibration
+from faircalib_export.calibrate.data import calibration_tokens, read_documents
+from faircalib_export.calibrate.stage2 import CalibConfig, CalibrationError, weighted_mse
+from faircalib_export.errors import ConfigError
+from faircalib_export.models.loading import load_model, load_tokenizer
+from faircalib_export.models.tiny import write_tiny_checkpoint
+from faircalib_export.probe.prior import Prior
+from faircalib_export.quant.gptq import gptq_quantize, input_hessian
+from faircalib_export.quant.quantizer import WeightQuantizer
+
+SMALL = dict(hidden_size=48, intermediate_size=144, num_layers=2, num_heads=3)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("m") / "dream", "dream", init_std=0.1,
+                                 **SMALL)
+
+
+@pytest.fixture(scope="module")
+def tokens(model_dir):
+    gen = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (8, 24), generator=gen)
+
+
+def _run(model_dir, out, tokens, progress=lambda *a: None, **cfg):
+    prior = Prior(np.linspace(1.0, 0.1, 16))
+    return run_calibration(model_dir, out, CalibConfig(**cfg), tokens, prior, "test", progress)
+
+
+def test_training_reduces_loss_and_leaves_weights_alone(model_dir, tokens, tmp_path):
+    before = {k: v.clone() for k, v in load_model(model_dir).state_dict().items()}
+    losses = {}
+    out = _run(model_dir, tmp_path / "a", tokens, method="fair-calib", epochs=6,
+               progress=lambda b, phase, loss: losses.setdefault(b, []).append(loss)
+               if phase == "epoch" else None)
+    for block, curve in losses.items():
+        assert curve[-1] < curve[0], (block, curve)
+    state = torch.load(out / "blocks" / "block_000.pt", weights_only=True)
+    assert not any(k.startswith("fp.") for k in state)  # no pretrained weights stored
+    quantized = load_quantized(out)
+    for i, block in enumerate(quantized.blocks):  # frozen FP weights are untouched
+        torch.testing.assert_close(block.fp.mlp.up_proj.weight,
+                                   before[f"blocks.{i}.mlp.up_proj.weight"], rtol=0, atol=0)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["kind"] == "calibrated"
+    assert manifest["config"]["calib"]["method"] == "fair-calib"
+    assert not (tmp_path / "a.partial").exists()
+
+
+def test_calibrated_beats_rtn(model_dir, tokens, tmp_path):
+    rtn = json.loads((_run(model_dir, tmp_path / "rtn", tokens, method="rtn") / "stats.json")
+                     .read_text())
+    fq = json.loads((_run(model_dir, tmp_path / "fq", tokens, method="flatquant", epochs=8)
+                     / "stats.json").read_text())
+    assert fq[0]["weighted_mse"] < rtn[0]["weighted_mse"]
+
+
+class Stop(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_finished_blocks(model_dir, tokens, tmp_path):
+    def stop_after_block0(block, phase, loss):
+        if block == 1 and phase == "epoch":
+            raise Stop
+
+    with pytest.raises(Stop):
+        _run(model_dir, tmp_path / "r", tokens, method="flatquant", epochs=2,
+             progress=stop_after_block0)
+    assert not (tmp_path / "r").exists()  # nothing that looks complete
+    assert (tmp_path / "r.partial" / "blocks" / "block_000.pt").is_file()
+
+    phases = []
+    out = _run(model_dir, tmp_path / "r", tokens, method="flatquant", epochs=2,
+               progress=lambda b, p, loss: phases.append((b, p)))
+    assert (0, "resumed") in phases and (1, "resumed") not in phases
+    fresh = _run(model_dir, tmp_path / "f", tokens, method="flatquant", epochs=2)
+    a = json.loads((out / "stats.json").read_text())
+    b = json.loads((fresh / "stats.json").read_text())
+    assert [s["weighted_mse"] for s in a] == pytest.approx([s["weighted_mse"] for s in b])
+
+
+def test_nan_during_calibration_is_a_clear_error(model_dir, tokens, tmp_path):
+    bad = tokens.clone()
+    model = load_model(model_dir)
+    with torch.no_grad():
+        model.embed.weight[bad[0, 0]] = float("nan")
+    from faircalib_export.models.checkpoint import save_checkpoint
+
+    nan_dir = tmp_path / "nan_model"
+    save_checkpoint(model, nan_dir, lambda d: None)
+    with pytest.raises(CalibrationError, match="non-finite"):
+        _run(nan_dir, tmp_path / "n", bad, method="flatquant", epochs=1)
+    assert not (tmp_path / "n").exists()
+
+
+def test_quarot_gptq_runs(model_dir, tokens, tmp_path):
+    out = _run(model_dir, tmp_path / "q", tokens, method="quarot")
+    state = torch.load(out / "blocks" / "block_001.pt", weights_only=True)
+    assert "override.mlp.down_proj" in state
+
+
+def test_gptq_beats_rtn_on_correlated_inputs():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2048, 64, generator=gen) @ torch.randn(64, 64, generator=gen)  # correlated
+    w = torch.randn(32, 64, generator=gen)
+    h = input_hessian(x)
+    q_gptq = gptq_quantize(w, h, bits=4).float()
+    q_rtn = WeightQuantizer(32, 4, learnable_clip=False)(w)
+    err = lambda q: ((x @ (w - q).T) ** 2).mean()  # noqa: E731
+    assert err(q_gptq) < 0.8 * err(q_rtn)
+
+
+def test_prior_position_weights():
+    prior = Prior(np.array([1.0, 0.5, 0.25, 0.5]), floor=0.1)
+    w = prior.position_weights(6).numpy()
+    expected = np.array([0.1, 0.1, 1.0, 0.5, 0.25, 0.5])
+    np.testing.assert_allclose(w, expected / expected.mean(), rtol=1e-6)
+    np.testing.assert_allclose(prior.position_weights(2).numpy(), [0.25 / 0.375, 0.5 / 0.375],
+                               rtol=1e-6)  # window longer than the sequence: its tail
+    assert torch.equal(Prior.uniform().position_weights(5), torch.ones(5))
+
+
+def test_weighted_mse_weights_positions():
+    out, target = torch.zeros(1, 3, 2), torch.tensor([[[1.0, 1.0], [2.0, 2.0], [0.0, 0.0]]])
+    assert weighted_mse(out, target, torch.tensor([1.0, 0.0, 0.0])).item() == pytest.approx(1 / 3)
+    assert weighted_mse(out, target, torch.tensor([0.0, 3.0, 0.0])).item() == pytest.approx(4.0)
+
+
+def test_calibration_data_sources(tmp_path, model_dir, shared_data):
+    tok = load_tokenizer(model_dir)
+    (tmp_path / "empty.txt").write_text("\n\n")
+    with pytest.raises(ConfigError, match="empty"):
+        read_documents(str(tmp_path / "empty.txt"))
+    with pytest.raises(ConfigError, match="not found"):
+        read_documents(str(tmp_path / "missing.txt"))
+    gsm = tmp_path / "gsm.jsonl"
+    gsm.write_text(json.dumps({"question": "2+2?", "answer": "4"}) + "\n")
+    assert read_documents(str(gsm)) == ["2+2?\n4"]
+    (tmp_path / "bad.jsonl").write_text('{"foo": 1}\n')
+    with pytest.raises(ConfigError, match="bad.jsonl:1"):
+        read_documents(str(tmp_path / "bad.jsonl"))
+    wiki = str(shared_data / "wikitext2" / "tokenized" / "valid.txt")
+    ids = calibration_tokens(tok, wiki, 4, 32, seed=1)
+    assert ids.shape == (4, 32)
+    assert torch.equal(ids, calibration_tokens(tok, wiki, 4, 32, seed=1))
+    with pytest.raises(ConfigError, match="only"):
+        calibration_tokens(tok, str(gsm), 2, 10_000)
+
+
+def test_bad_settings():
+    with pytest.raises(ConfigError, match="unknown method"):
+        CalibConfig(method="awq")
+    with pytest.raises(ConfigError, match="bit width 1"):
+        CalibConfig(w_bits=1)
+
+
+def test_artifact_refuses_other_base_model(model_dir, tokens, tmp_path):
+    out = _run(model_dir, tmp_path / "x", tokens, method="rtn")
+    other = write_tiny_checkpoint(tmp_path / "other", "dream", hidden_size=64)
+    with pytest.raises(ConfigError, match="differs"):
+        load_quantized(out, other)
