@@ -23,7 +23,7 @@ import torch
 
 from ..artifacts import MANIFEST, file_sha256, write_manifest
 from ..errors import ConfigError
-from ..models.loading import load_model
+from ..models.loading import inspect_checkpoint, load_model
 from ..probe.prior import Prior
 from ..quant.qblock import QuantBlock
 from .methods import get_method
@@ -68,13 +68,13 @@ def run_calibration(
     partial.mkdir(parents=True, exist_ok=True)
     (partial / "settings.json").write_text(json.dumps(settings, indent=1) + "\n")
 
-    model = load_model(model_path, "fp32")
+    plan = inspect_checkpoint(model_path)
     start = time.time()
-    stats = calibrate_blocks(model, tokens, prior, cfg, partial / "blocks", progress)
+    stats = calibrate_blocks(plan, tokens, prior, cfg, partial / "blocks", progress)
     prior.save(partial)
     (partial / "stats.json").write_text(json.dumps(stats, indent=1) + "\n")
     write_manifest(partial, KIND, {**settings, "base_model": str(Path(model_path).resolve()),
-                                   "family": model.cfg.family},
+                                   "family": plan.cfg.family},
                    inputs=_base_inputs(Path(model_path)), seconds=round(time.time() - start, 2))
     (partial / "settings.json").unlink()
     if out.exists():

@@ -21,9 +21,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from ..errors import FaircalibError
-from ..models.transformer import DiffusionLM
+from ..models.loading import CheckpointPlan, load_block, load_module
+from ..models.transformer import rope_cos_sin
 from ..probe.prior import Prior
 from ..quant.gptq import gptq_quantize, input_hessian
 from ..quant.qblock import LINEAR_SITE, QuantBlock
@@ -143,14 +145,17 @@ def _train_block(qb: QuantBlock, q_in, fp_out, weights, rope, cfg: CalibConfig, 
 
 
 def calibrate_blocks(
-    model: DiffusionLM,
+    plan: CheckpointPlan,
     tokens: torch.Tensor,  # (N, L) int64
     prior: Prior,
     cfg: CalibConfig,
     work_dir: Path,
     progress: Callable[[int, str, float | None], None] = lambda *a: None,
 ) -> list[dict]:
-    """Calibrate every block of `model` in order; returns per-block statistics.
+    """Calibrate every block of the checkpoint in order; returns per-block statistics.
+
+    Blocks are read from the checkpoint one at a time (fp32), so memory holds one block
+    and the activation caches, whatever the depth of the model.
 
     Block results are written to `work_dir/block_XXX.pt` as soon as they finish and
     reused when present, so a rerun after an interruption resumes.
@@ -166,18 +171,22 @@ def calibrate_blocks(
     weights = (prior if method.weighted else Prior.uniform()).position_weights(seq_len)
     drop_prob = cfg.qdrop_prob if method.qdrop else 0.0
 
-    model.embed.to(device)
-    fp_in = torch.empty(n, seq_len, model.cfg.hidden_size, dtype=cache_dtype)
+    mcfg = plan.cfg
+    embed = load_module(plan, lambda: nn.Embedding(mcfg.vocab_size, mcfg.hidden_size),
+                        "embed.", "fp32", device)
+    fp_in = torch.empty(n, seq_len, mcfg.hidden_size, dtype=cache_dtype)
     with torch.no_grad():
         for i in range(0, n, cfg.batch_size):
-            fp_in[i:i + cfg.batch_size] = model.embed(tokens[i:i + cfg.batch_size].to(device)).cpu()
+            fp_in[i:i + cfg.batch_size] = embed(tokens[i:i + cfg.batch_size].to(device)).cpu()
+    del embed
     q_in = fp_in.clone()
     fp_out = torch.empty_like(fp_in)
-    rope = model.rope(model.default_position_ids(tokens[:1]).to(device))  # (1, L, D) each
+    positions = torch.arange(seq_len, device=device)[None]  # (1, L): no padding here
+    rope = rope_cos_sin(positions, mcfg.head_dim, mcfg.rope_theta)  # (1, L, D) each
 
     stats = []
-    for index, block in enumerate(model.blocks):
-        block.to(device)
+    for index in range(mcfg.num_layers):
+        block = load_block(plan, index, "fp32", device)
         _run(lambda x, b=block: b(x, *rope, None), fp_in, cfg.batch_size, device,
              torch.float32, out=fp_out)
         qb = QuantBlock(block, spec, seed=cfg.seed + 1000 * index)
@@ -205,9 +214,7 @@ def calibrate_blocks(
         stats.append({"block": index, "weighted_mse": loss, "relative_error": rel,
                       "resumed": resumed})
         progress(index, "done", loss)
-        block.to("cpu")
-        del qb
+        del qb, block
         fp_in, fp_out = fp_out, fp_in  # the FP outputs are the next block's FP inputs
         q_in = q_out
-    model.embed.to("cpu")
     return stats

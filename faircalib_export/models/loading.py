@@ -11,15 +11,17 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from ..errors import CheckpointError, ConfigError
 from .config import ModelConfig
 from .families import Family, family_for_model_type, parse_config
-from .transformer import DiffusionLM
+from .transformer import Block, DiffusionLM
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +213,38 @@ def read_tensors(
     return out
 
 
+def load_module(
+    plan: CheckpointPlan,
+    build: Callable[[], nn.Module],
+    prefix: str = "",
+    dtype: str | torch.dtype = "fp32",
+    device: str | torch.device = "cpu",
+) -> nn.Module:
+    """Build a module on the meta device and load the checkpoint tensors under `prefix`.
+
+    `prefix` is a canonical name prefix: "" for the whole model, "blocks.3." for one
+    block, "embed." for the embedding table. Layer-wise stages load one block at a time
+    this way, so the whole model never needs to be in memory.
+    """
+    dtype = parse_dtype(dtype)
+    with torch.device("meta"):
+        module = build()
+    by_file: dict[Path, list[tuple[str, str]]] = defaultdict(list)
+    for canon, key in plan.mapping.items():
+        if canon.startswith(prefix):
+            by_file[plan.files[key]].append((canon[len(prefix):], key))
+    state: dict[str, torch.Tensor] = {}
+    for file, entries in sorted(by_file.items()):
+        state.update(read_tensors(file, entries, dtype, device))
+    tied = prefix == "" and plan.cfg.tie_word_embeddings
+    if tied:
+        state["lm_head.weight"] = state["embed.weight"]
+    module.load_state_dict(state, strict=True, assign=True)
+    if tied:
+        module.lm_head.weight = module.embed.weight
+    return module
+
+
 def load_model(
     path: str | Path,
     dtype: str | torch.dtype = "fp32",
@@ -222,22 +256,11 @@ def load_model(
     so peak memory is about one copy of the weights in the target dtype.
     """
     plan = inspect_checkpoint(path)
-    dtype = parse_dtype(dtype)
-    by_file: dict[Path, list[tuple[str, str]]] = defaultdict(list)
-    for canon, key in plan.mapping.items():
-        by_file[plan.files[key]].append((canon, key))
+    return load_module(plan, lambda: DiffusionLM(plan.cfg), "", dtype, device).eval()
 
-    state: dict[str, torch.Tensor] = {}
-    for file, entries in sorted(by_file.items()):
-        state.update(read_tensors(file, entries, dtype, device))
 
-    model = meta_model(plan.cfg)
-    if plan.cfg.tie_word_embeddings:
-        state["lm_head.weight"] = state["embed.weight"]
-    model.load_state_dict(state, strict=True, assign=True)
-    if plan.cfg.tie_word_embeddings:
-        model.lm_head.weight = model.embed.weight
-    return model.eval()
+def load_block(plan: CheckpointPlan, index: int, dtype="fp32", device="cpu") -> Block:
+    return load_module(plan, lambda: Block(plan.cfg), f"blocks.{index}.", dtype, device)
 
 
 def load_tokenizer(path: str | Path, family: Family | None = None):

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..models.transformer import Block, apply_rope
 from .layout import transform_sites
@@ -97,6 +98,14 @@ class QuantBlock(nn.Module):
     def quantized_weight(self, name: str) -> torch.Tensor:
         if name in self.weight_override:
             return self.weight_override[name]
+        if torch.is_grad_enabled():
+            # Recompute the fold in backward instead of keeping its intermediates: they are
+            # several weight-sized tensors per linear, the recompute is a small fraction of
+            # the step's matmul work.
+            return checkpoint(self._fold_and_quantize, name, use_reentrant=False)
+        return self._fold_and_quantize(name)
+
+    def _fold_and_quantize(self, name: str) -> torch.Tensor:
         return self.wq[_key(name)](self.folded_weight(name))
 
     def site_input(self, site: str, x: torch.Tensor, drop_prob: float = 0.0) -> torch.Tensor:

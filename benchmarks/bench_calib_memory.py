@@ -1,0 +1,75 @@
+"""Stage II memory: measured peak RSS for L vs 2L layers, and the plan for 7-8B shapes.
+
+1. Calibrates random checkpoints with L and 2L layers (same width, data and settings)
+   in fresh processes and reports peak RSS growth. Blocks stream from disk and caches
+   are per-sample, so the ratio should stay near 1 (target <= 1.15).
+2. Prints the computed device-memory plan for LLaDA-8B and Dream-7B shapes at the
+   paper's 128 x 1024 calibration set, batch 4 (paper: 12-15 GB peak).
+
+    python benchmarks/bench_calib_memory.py
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+CHILD = r"""
+import sys, torch
+from pathlib import Path
+from faircalib_export.calibrate.artifact import run_calibration
+from faircalib_export.calibrate.stage2 import CalibConfig
+torch.manual_seed(0)
+def peak():
+    line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM"))
+    return int(line.split()[1]) * 1024
+tokens = torch.randint(0, 256, (16, 128))
+before = peak()
+run_calibration(Path(sys.argv[1]), Path(sys.argv[2]), CalibConfig(method="flatquant", epochs=1),
+                tokens, None, "random")
+print(peak() - before)
+"""
+
+LLADA_8B = {
+    "model_type": "llada", "d_model": 4096, "n_layers": 32, "n_heads": 32, "n_kv_heads": 32,
+    "mlp_hidden_size": 12288, "vocab_size": 126464, "embedding_size": 126464,
+    "rope_theta": 500000.0, "mask_token_id": 126336, "eos_token_id": 126081,
+}
+DREAM_7B = {
+    "model_type": "Dream", "hidden_size": 3584, "intermediate_size": 18944,
+    "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
+    "vocab_size": 152064, "rope_theta": 1000000.0, "mask_token_id": 151666,
+    "eos_token_id": 151643,
+}
+
+
+def main() -> None:
+    from faircalib_export.calibrate.memory import calibration_plan
+    from faircalib_export.models.families import parse_config
+    from faircalib_export.models.tiny import write_tiny_checkpoint
+
+    layers = 4
+    growth = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in (layers, 2 * layers):
+            ck = write_tiny_checkpoint(Path(tmp) / f"m{n}", "llada", hidden_size=512,
+                                       intermediate_size=1536, num_layers=n, num_heads=8)
+            weights = sum(f.stat().st_size for f in ck.glob("*.safetensors"))
+            out = subprocess.run([sys.executable, "-c", CHILD, str(ck), str(Path(tmp) / f"c{n}")],
+                                 check=True, capture_output=True, text=True).stdout
+            growth[n] = int(out.split()[-1])
+            print(f"{n:>2} layers: checkpoint {weights / 2**20:7.1f} MiB, "
+                  f"calibration peak RSS growth {growth[n] / 2**20:7.1f} MiB")
+    print(f"ratio 2L / L = {growth[2 * layers] / growth[layers]:.3f} (target <= 1.15)")
+
+    for name, raw in (("LLaDA-8B", LLADA_8B), ("Dream-7B", DREAM_7B)):
+        plan = calibration_plan(parse_config(raw), samples=128, seq_len=1024, batch=4)
+        print(f"\n{name} Stage II plan (128 x 1024 tokens, batch 4, fp32 compute), GiB:")
+        for key, value in plan.items():
+            print(f"  {key:<30} {value:8.3f}")
+
+
+if __name__ == "__main__":
+    main()
