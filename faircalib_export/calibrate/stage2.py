@@ -107,9 +107,9 @@ def _gptq_block(qb: QuantBlock, inputs: torch.Tensor, rope, batch: int, device) 
             h.remove()
     n_tokens = inputs.shape[0] * inputs.shape[1]
     for name, site in LINEAR_SITE.items():
-        w = qb.folded_weight(name).detach()
-        q = gptq_quantize(w, hessians[site] / n_tokens, qb.spec.w_bits)
-        qb.weight_override[name] = q.to(w.dtype)
+        with torch.no_grad():
+            w = qb.folded_weight(name).double()
+        qb.weight_override[name] = gptq_quantize(w, hessians[site] / n_tokens, qb.spec.w_bits)
 
 
 def _train_block(qb: QuantBlock, q_in, fp_out, weights, rope, cfg: CalibConfig, seed: int,

@@ -20,8 +20,11 @@ def input_hessian(x: torch.Tensor) -> torch.Tensor:
 
 
 def gptq_quantize(w: torch.Tensor, h: torch.Tensor, bits: int, block: int = 128,
-                  damp: float = 0.01) -> torch.Tensor:
-    """Dequantized GPTQ weights (out, in), on the same per-row grid as RTN with clip 1."""
+                  damp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+    """GPTQ integer codes (out, in) int8 and per-row scales (out, 1), float64.
+
+    The grid is RTN's with clip 1 (scale = max|row| / qmax), so codes * scale are the
+    dequantized weights."""
     w = w.detach().double().clone()
     h = h.double().clone()
     dead = torch.diagonal(h) == 0
@@ -46,4 +49,4 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, bits: int, block: int = 128,
             w1[:, i:] -= err @ hinv1[i:i + 1, i:]
             err1[:, i:i + 1] = err
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
-    return q
+    return torch.round(q / scale).to(torch.int8), scale

@@ -10,8 +10,8 @@ weight; for the o and down sites into the rows of v_proj and up_proj (per-row we
 quantization is invariant to row scaling, so that move is exact). Calibration divides
 at the site, which is the same function.
 
-`weight_override` replaces a linear's quantized weight by precomputed values (GPTQ
-output for the QuaRot baseline).
+`weight_override` replaces a linear's quantized weight by precomputed integer codes and
+per-row scales (GPTQ output for the QuaRot baseline).
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ class QuantBlock(nn.Module):
                                         spec.learn_w_clip)
             for name in LINEAR_SITE
         })
-        self.weight_override: dict[str, torch.Tensor] = {}
+        self.weight_override: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.to(next(block.parameters()).device)
 
     def linear(self, name: str) -> nn.Linear:
@@ -92,18 +92,26 @@ class QuantBlock(nn.Module):
                 (clips if "clip_logit" in name else other).append(p)
         return other, clips
 
-    def folded_weight(self, name: str) -> torch.Tensor:
-        return self.sites[LINEAR_SITE[name]].fold_weight(self.linear(name).weight)
+    def folded_weight(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        w = self.linear(name).weight
+        return self.sites[LINEAR_SITE[name]].fold_weight(w if dtype is None else w.to(dtype))
 
-    def quantized_weight(self, name: str) -> torch.Tensor:
+    def weight_codes(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Integer codes and per-row scales (float64) of a linear's folded weight."""
         if name in self.weight_override:
             return self.weight_override[name]
-        if torch.is_grad_enabled():
+        with torch.no_grad():
+            return self.wq[_key(name)].codes(self.folded_weight(name, torch.float64))
+
+    def quantized_weight(self, name: str) -> torch.Tensor:
+        if torch.is_grad_enabled() and name not in self.weight_override:
             # Recompute the fold in backward instead of keeping its intermediates: they are
             # several weight-sized tensors per linear, the recompute is a small fraction of
             # the step's matmul work.
             return checkpoint(self._fold_and_quantize, name, use_reentrant=False)
-        return self._fold_and_quantize(name)
+        # Evaluation folds in float64, exactly as `fold` does, so both round alike.
+        codes, scale = self.weight_codes(name)
+        return (codes.double() * scale).to(self.linear(name).weight.dtype)
 
     def _fold_and_quantize(self, name: str) -> torch.Tensor:
         return self.wq[_key(name)](self.folded_weight(name))
@@ -141,8 +149,9 @@ class QuantBlock(nn.Module):
         """Everything calibration produced (no pretrained weights), for saving."""
         state = {k: v.detach().cpu() for k, v in self.state_dict().items()
                  if not k.startswith("fp.")}
-        for name, w in self.weight_override.items():
-            state[f"override.{name}"] = w.detach().cpu()
+        for name, (codes, scale) in self.weight_override.items():
+            state[f"override.{name}.codes"] = codes.cpu()
+            state[f"override.{name}.scale"] = scale.cpu()
         return state
 
     def load_calib_state(self, state: dict[str, torch.Tensor]) -> None:
@@ -153,5 +162,8 @@ class QuantBlock(nn.Module):
             raise KeyError(f"calibration state mismatch: missing {missing}, "
                            f"unexpected {unexpected}")
         device = next(self.fp.parameters()).device
-        self.weight_override = {k[len("override."):]: v.to(device)
-                                for k, v in state.items() if k.startswith("override.")}
+        names = {k[len("override."):].rsplit(".", 1)[0] for k in state if k.startswith("override.")}
+        self.weight_override = {
+            n: (state[f"override.{n}.codes"].to(device), state[f"override.{n}.scale"].to(device))
+            for n in names
+        }

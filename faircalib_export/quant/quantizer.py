@@ -72,11 +72,16 @@ class WeightQuantizer(nn.Module):
         else:
             self.register_buffer("clip_logit", torch.full((out_features, 1), math.inf))
 
-    def clip(self) -> torch.Tensor:
-        return torch.sigmoid(self.clip_logit)  # inf -> exactly 1.0 (plain RTN)
+    def clip(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        logit = self.clip_logit if dtype is None else self.clip_logit.to(dtype)
+        return torch.sigmoid(logit)  # inf -> exactly 1.0 (plain RTN)
+
+    def codes(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Integer codes (int8) and per-row scales of w, in w's dtype."""
+        return quantize_rows(w, self.bits, self.clip(w.dtype))
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return fake_quant(w, row_scale(w, self.bits, self.clip()), self.bits)
+        return fake_quant(w, row_scale(w, self.bits, self.clip(w.dtype)), self.bits)
 
 
 class ActQuantizer(nn.Module):

@@ -83,20 +83,23 @@ class KronFactor(nn.Module):
         else:
             self.u = self.v = self.log_s = None
 
-    def matrix(self) -> torch.Tensor:
+    def matrix(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        dtype = dtype or self.start.dtype
+        start = self.start.to(dtype)
         if self.u is None:
-            return self.start
-        u, v = cayley(self.u), cayley(self.v)
-        return (u * self.log_s.exp()) @ v.T @ self.start
+            return start
+        u, v = cayley(self.u.to(dtype)), cayley(self.v.to(dtype))
+        return (u * self.log_s.to(dtype).exp()) @ v.T @ start
 
-    def inverse(self) -> torch.Tensor:
+    def inverse(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        dtype = dtype or self.start.dtype
         # R is orthogonal only to its storage precision: invert the stored matrix itself so
         # that a float64 fold is exact for the R the deployed graph will hold.
-        start_inv = torch.linalg.inv(self.start)
+        start_inv = torch.linalg.inv(self.start.to(dtype))
         if self.u is None:
             return start_inv
-        u, v = cayley(self.u), cayley(self.v)
-        return start_inv @ (v * (-self.log_s).exp()) @ u.T
+        u, v = cayley(self.u.to(dtype)), cayley(self.v.to(dtype))
+        return start_inv @ (v * (-self.log_s.to(dtype)).exp()) @ u.T
 
 
 class SiteTransform(nn.Module):
@@ -128,18 +131,19 @@ class SiteTransform(nn.Module):
         smooth_dim = dim if kv_groups is None else kv_groups[0] * kv_groups[2]
         self.log_c = nn.Parameter(torch.zeros(smooth_dim)) if smooth else None
 
-    def scale(self) -> torch.Tensor | None:
+    def scale(self, dtype: torch.dtype | None = None) -> torch.Tensor | None:
         """The per-channel divisor c over all `dim` input channels (None if no smoothing)."""
         if self.log_c is None:
             return None
-        c = self.log_c.exp()
+        c = self.log_c.to(dtype or self.log_c.dtype).exp()
         if self.kv_groups is not None:
             g, rep, d = self.kv_groups
             c = c.view(g, 1, d).expand(g, rep, d).reshape(g * rep * d)
         return c
 
-    def factors(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        return None if self.f1 is None else (self.f1.matrix(), self.f2.matrix())
+    def factors(self, dtype: torch.dtype | None = None):
+        """The online Kronecker factors (P1, P2), or None when P = I."""
+        return None if self.f1 is None else (self.f1.matrix(dtype), self.f2.matrix(dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.scale()
@@ -151,12 +155,13 @@ class SiteTransform(nn.Module):
         return kron_apply(x, p1.to(x.dtype), p2.to(x.dtype))
 
     def fold_weight(self, w: torch.Tensor) -> torch.Tensor:
-        """W' = W diag(c) P^-1 for a weight (out, dim) that consumes this site's output."""
-        c = self.scale()
+        """W' = W diag(c) P^-1 for a weight (out, dim) that consumes this site's output,
+        computed in w's dtype (float64 for an exact fold)."""
+        c = self.scale(w.dtype)
         if c is not None:
-            w = w * c.to(w.dtype)
+            w = w * c
         if self.f1 is None:
             return w
         # rows: w P^-1 = ((P^-1)^T w^T)^T and (A ⊗ B)^T = A^T ⊗ B^T.
-        i1, i2 = self.f1.inverse(), self.f2.inverse()
-        return kron_apply(w, i1.T.to(w.dtype), i2.T.to(w.dtype))
+        i1, i2 = self.f1.inverse(w.dtype), self.f2.inverse(w.dtype)
+        return kron_apply(w, i1.T, i2.T)

@@ -108,7 +108,7 @@ def test_nan_during_calibration_is_a_clear_error(model_dir, tokens, tmp_path):
 def test_quarot_gptq_runs(model_dir, tokens, tmp_path):
     out = _run(model_dir, tmp_path / "q", tokens, method="quarot")
     state = torch.load(out / "blocks" / "block_001.pt", weights_only=True)
-    assert "override.mlp.down_proj" in state
+    assert state["override.mlp.down_proj.codes"].dtype == torch.int8
 
 
 def test_gptq_beats_rtn_on_correlated_inputs():
@@ -116,7 +116,9 @@ def test_gptq_beats_rtn_on_correlated_inputs():
     x = torch.randn(2048, 64, generator=gen) @ torch.randn(64, 64, generator=gen)  # correlated
     w = torch.randn(32, 64, generator=gen)
     h = input_hessian(x)
-    q_gptq = gptq_quantize(w, h, bits=4).float()
+    codes, scale = gptq_quantize(w, h, bits=4)
+    assert codes.abs().max() <= 8
+    q_gptq = (codes * scale).float()
     q_rtn = WeightQuantizer(32, 4, learnable_clip=False)(w)
     err = lambda q: ((x @ (w - q).T) ** 2).mean()  # noqa: E731
     assert err(q_gptq) < 0.8 * err(q_rtn)
