@@ -1,0 +1,241 @@
+"""Decoding policy configs: plain dataclasses, validated on construction, serializable.
+
+`to_dict` writes a `policy` name and a `version`; `PolicyConfig.from_dict` dispatches on
+the name through a small registry. Special ids (mask, EOS) have no defaults: they belong
+to the model and come from its config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, ClassVar
+
+CONFIG_VERSION = 1
+
+
+class PolicyConfigError(ValueError):
+    """A decoding config holds an invalid or inconsistent value."""
+
+
+class Remasking(str, Enum):
+    LOW_CONFIDENCE = "low_confidence"  # confidence = softmax probability of the chosen token
+    RANDOM = "random"  # confidence = uniform noise
+
+
+class DreamAlg(str, Enum):
+    ORIGIN = "origin"  # each masked position commits independently with prob 1 - s/t
+    MASKGIT_PLUS = "maskgit_plus"  # confidence = probability of the chosen token
+    TOPK_MARGIN = "topk_margin"  # confidence = p_top1 - p_top2
+    ENTROPY = "entropy"  # confidence = sum p log(p + 1e-10)
+
+
+class Padding(str, Enum):
+    """How a left-padded batch is presented to the model (only when a batch has pads)."""
+
+    ATTENTION = "attention"  # LLaDA reference: (B, S) mask; positions count the pads
+    ATTENTION_AND_POSITIONS = "attention+positions"  # Dream: mask + cumsum(mask) - 1
+
+
+_REGISTRY: dict[str, type[PolicyConfig]] = {}
+
+
+def _enum(cls: type[Enum], value: Any, name: str) -> Enum:
+    try:
+        return cls(value)
+    except ValueError:
+        choices = ", ".join(m.value for m in cls)
+        raise PolicyConfigError(f"{name}={value!r} is not one of: {choices}") from None
+
+
+def _positive(cfg: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise PolicyConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PolicyConfig:
+    """Fields every policy has; subclasses add their own."""
+
+    policy: ClassVar[str]
+
+    mask_id: int
+    eos_ids: tuple[int, ...]
+    pad_id: int | None = None  # left-pad id; defaults to the first EOS id
+    seed: int = 0
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "policy" in cls.__dict__:
+            _REGISTRY[cls.policy] = cls
+
+    def __post_init__(self) -> None:
+        eos = (self.eos_ids,) if isinstance(self.eos_ids, int) else tuple(self.eos_ids)
+        object.__setattr__(self, "eos_ids", tuple(int(e) for e in eos))
+        if not self.eos_ids:
+            raise PolicyConfigError("eos_ids must name at least one EOS id")
+        if self.mask_id in self.eos_ids or self.mask_id == self.pad_token:
+            raise PolicyConfigError(f"mask_id {self.mask_id} must differ from EOS / pad ids")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise PolicyConfigError(f"seed must be an integer >= 0, got {self.seed!r}")
+
+    @property
+    def pad_token(self) -> int:
+        return self.eos_ids[0] if self.pad_id is None else self.pad_id
+
+    @property
+    def window(self) -> int:
+        """Number of masked positions appended after the prompt."""
+        raise NotImplementedError
+
+    @property
+    def padding(self) -> Padding:
+        """How left padding is shown to the model."""
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"policy": self.policy, "version": CONFIG_VERSION}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = value.value if isinstance(value, Enum) else (
+                list(value) if isinstance(value, tuple) else value)
+        return out
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> PolicyConfig:
+        data = dict(data)
+        name = data.pop("policy", None)
+        version = data.pop("version", CONFIG_VERSION)
+        if name not in _REGISTRY:
+            raise PolicyConfigError(
+                f"unknown policy {name!r}; choose one of {', '.join(sorted(_REGISTRY))}")
+        if version != CONFIG_VERSION:
+            raise PolicyConfigError(f"policy config version {version} is not supported "
+                                    f"(this runtime reads version {CONFIG_VERSION})")
+        cls = _REGISTRY[name]
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise PolicyConfigError(f"{name} config has unknown field(s): {', '.join(unknown)}")
+        return cls(**data)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LLaDAConfig(PolicyConfig):
+    """LLaDA's semi-autoregressive confidence policy (its public generate.py)."""
+
+    policy: ClassVar[str] = "llada"
+
+    gen_length: int = 128
+    block_length: int = 128
+    steps: int = 128
+    temperature: float = 0.0
+    remasking: Remasking = Remasking.LOW_CONFIDENCE
+    cfg_scale: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "remasking", _enum(Remasking, self.remasking, "remasking"))
+        _positive(self, "gen_length", "block_length", "steps")
+        if self.gen_length % self.block_length:
+            raise PolicyConfigError(f"gen_length {self.gen_length} is not a multiple of "
+                                    f"block_length {self.block_length}")
+        if self.steps % self.num_blocks:
+            raise PolicyConfigError(f"steps {self.steps} is not a multiple of the number of "
+                                    f"blocks {self.num_blocks} (gen_length / block_length)")
+        if self.temperature < 0 or self.cfg_scale < 0:
+            raise PolicyConfigError("temperature and cfg_scale must be >= 0")
+
+    @property
+    def num_blocks(self) -> int:
+        return self.gen_length // self.block_length
+
+    @property
+    def steps_per_block(self) -> int:
+        return self.steps // self.num_blocks
+
+    @property
+    def window(self) -> int:
+        return self.gen_length
+
+    @property
+    def padding(self) -> Padding:
+        return Padding.ATTENTION
+
+
+@dataclass(frozen=True, kw_only=True)
+class DreamConfig(PolicyConfig):
+    """Dream's diffusion sampler (its public generation_utils.py)."""
+
+    policy: ClassVar[str] = "dream"
+
+    max_new_tokens: int = 128
+    steps: int = 128
+    eps: float = 1e-3
+    alg: DreamAlg = DreamAlg.ENTROPY
+    alg_temp: float | None = None
+    temperature: float = 0.0
+    top_p: float | None = None
+    top_k: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "alg", _enum(DreamAlg, self.alg, "alg"))
+        _positive(self, "max_new_tokens", "steps")
+        if not 0 < self.eps < 1:
+            raise PolicyConfigError(f"eps must be in (0, 1), got {self.eps}")
+        if self.temperature < 0 or (self.alg_temp is not None and self.alg_temp < 0):
+            raise PolicyConfigError("temperature and alg_temp must be >= 0")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise PolicyConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 0):
+            raise PolicyConfigError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k}")
+
+    @property
+    def filters_logits(self) -> bool:
+        """Whether top-p / top-k change the distribution that confidences are read from."""
+        return (self.top_p is not None and self.top_p < 1) or bool(self.top_k)
+
+    @property
+    def window(self) -> int:
+        return self.max_new_tokens
+
+    @property
+    def padding(self) -> Padding:
+        return Padding.ATTENTION_AND_POSITIONS
+
+
+@dataclass(frozen=True, kw_only=True)
+class RandomCommitConfig(PolicyConfig):
+    """Model-independent commits for Stage I probing.
+
+    Each step commits a uniformly random subset of the masked window positions, sized by
+    LLaDA's schedule with a single block; written tokens are sampled from the teacher at
+    `temperature` (argmax at 0).
+    """
+
+    policy: ClassVar[str] = "random_commit"
+
+    window_length: int = 256
+    steps: int = 256
+    temperature: float = 1.0
+    padding_style: Padding = Padding.ATTENTION
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "padding_style",
+                           _enum(Padding, self.padding_style, "padding_style"))
+        _positive(self, "window_length", "steps")
+        if self.temperature < 0:
+            raise PolicyConfigError(f"temperature must be >= 0, got {self.temperature}")
+
+    @property
+    def padding(self) -> Padding:
+        return self.padding_style
+
+    @property
+    def window(self) -> int:
+        return self.window_length
