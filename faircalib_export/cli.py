@@ -162,6 +162,92 @@ def calibrate(
     console.print(f"wrote calibrated artifact {result}")
 
 
+@app.command()
+def fold(
+    artifact: Annotated[Path, typer.Argument(help="Calibrated artifact from `calibrate`.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output deployment directory.")],
+    embed_bits: Annotated[int, typer.Option(help="Embedding table: 16 or 8 (int8 gather).")] = 16,
+    head_bits: Annotated[int, typer.Option(help="LM head: 16, or 8 / 4 weight-only.")] = 16,
+) -> None:
+    """Fold scales, inverse transforms and clipping into packed int4 weights (float64)."""
+    from .fold.fold import fold_artifact
+
+    path = fold_artifact(artifact, out, embed_bits=embed_bits, head_bits=head_bits)
+    size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+    console.print(f"wrote folded model {path} ({_mib(size)})")
+
+
+@app.command()
+def generate(
+    model: ModelArg,
+    prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="Prompt (repeatable).")],
+    policy: Annotated[str | None, typer.Option(
+        help="LLaDA: low_confidence | random. Dream: entropy | maskgit_plus | topk_margin | "
+             "origin. Default: the family's.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Denoising steps.")] = None,
+    gen_length: Annotated[int | None, typer.Option(help="Generated tokens (window).")] = None,
+    block_length: Annotated[int | None, typer.Option(help="LLaDA semi-AR block.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="0 = greedy.")] = None,
+    top_p: Annotated[float | None, typer.Option(help="Dream nucleus sampling.")] = None,
+    top_k: Annotated[int | None, typer.Option(help="Dream top-k sampling.")] = None,
+    alg_temp: Annotated[float | None, typer.Option(help="Dream position sampling temp.")] = None,
+    cfg_scale: Annotated[float | None, typer.Option(help="LLaDA classifier-free guidance.")
+                         ] = None,
+    seed: int = 0,
+    chat: Annotated[bool, typer.Option(help="Apply the tokenizer's chat template.")] = True,
+    show_steps: Annotated[bool, typer.Option(
+        help="Print the window after every step (unmasking order).")] = False,
+    device: Annotated[str, typer.Option(help="cpu or cuda (PyTorch models).")] = "cpu",
+) -> None:
+    """Decode prompts with the model's own commit policy and print the text.
+
+    MODEL: a checkpoint, a calibrated artifact, a folded model, or an exported ONNX
+    directory (served by the torch-free runtime).
+    """
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    from faircalib_runtime import TextDecoder
+
+    extra = {k: v for k, v in (("top_p", top_p), ("top_k", top_k), ("alg_temp", alg_temp),
+                               ("cfg_scale", cfg_scale)) if v is not None}
+    opened = _open_for_generation(model, device)
+    config = opened.policy(seed=seed, policy=policy, gen_length=gen_length, steps=steps,
+                           block_length=block_length, temperature=temperature, **extra)
+    decoder = TextDecoder(opened.tokenizer, chat=chat)
+    prompts = [decoder.encode(p) for p in prompt]
+    mask_id = config.mask_id
+
+    def show(event) -> None:
+        window = event.x[0, -config.window:]
+        pieces = ["░" if int(t) == mask_id else decoder.decode([int(t)]) or "·" for t in window]
+        err_console.print(f"step {event.step:>3}: " + "".join(pieces).replace("\n", "⏎"),
+                          highlight=False, markup=False)
+
+    with Progress(TextColumn("{task.description}"), BarColumn(),
+                  TextColumn("{task.completed}/{task.total} steps"), console=err_console,
+                  disable=show_steps) as bar:
+        task = bar.add_task(f"decoding ({opened.kind})", total=config.steps)
+
+        def on_step(event) -> None:
+            bar.update(task, completed=event.step + 1)
+            if show_steps:
+                show(event)
+
+        from faircalib_runtime import generate as run_loop
+
+        result = run_loop(opened.backend(), prompts, config, on_step=on_step)
+    for text, ids in zip(prompt, result.generated, strict=True):
+        console.print(f"[bold]{text}[/]", highlight=False)
+        console.print(decoder.decode(ids), highlight=False, markup=False)
+
+
+def _open_for_generation(model: str, device: str):
+    """Exported ONNX directories open without torch; everything else through PyTorch."""
+    from .generate import open_model
+
+    return open_model(model, device)
+
+
 @tiny_app.command("create")
 def tiny_create(
     out: Annotated[Path, typer.Argument(help="Output checkpoint directory.")],
@@ -198,9 +284,11 @@ def tiny_list() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from faircalib_runtime import PolicyConfigError
+
     try:
         app(args=argv, prog_name="faircalib-export")
-    except FaircalibError as err:
+    except (FaircalibError, PolicyConfigError) as err:
         err_console.print(f"[bold red]error:[/] {err}", highlight=False)
         sys.exit(2)
 

@@ -103,7 +103,11 @@ def read_manifest(artifact: Path) -> dict:
 
 def load_quantized(artifact: str | Path, base_model: str | Path | None = None,
                    device: str = "cpu"):
-    """The base model with every block replaced by its calibrated fake-quant block."""
+    """The base model with every block replaced by its calibrated fake-quant block.
+
+    Embedding and LM head are rounded to fp16, as the deployment keeps them (SPEC: they
+    stay 16-bit), so this model computes what the folded model computes.
+    """
     artifact = Path(artifact)
     manifest = read_manifest(artifact)
     base = Path(base_model or manifest["config"]["base_model"])
@@ -119,4 +123,7 @@ def load_quantized(artifact: str | Path, base_model: str | Path | None = None,
         qb.load_calib_state(torch.load(block_file(artifact / "blocks", i), map_location=device,
                                        weights_only=True))
         model.blocks[i] = qb
+    with torch.no_grad():
+        for table in {id(t): t for t in (model.embed.weight, model.lm_head.weight)}.values():
+            table.copy_(table.half().float())
     return model.eval()

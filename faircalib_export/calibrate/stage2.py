@@ -174,6 +174,8 @@ def calibrate_blocks(
     mcfg = plan.cfg
     embed = load_module(plan, lambda: nn.Embedding(mcfg.vocab_size, mcfg.hidden_size),
                         "embed.", "fp32", device)
+    with torch.no_grad():  # the deployment keeps the table in fp16: calibrate on that
+        embed.weight.copy_(embed.weight.half().float())
     fp_in = torch.empty(n, seq_len, mcfg.hidden_size, dtype=cache_dtype)
     with torch.no_grad():
         for i in range(0, n, cfg.batch_size):
