@@ -204,9 +204,8 @@ def generate(
     MODEL: a checkpoint, a calibrated artifact, a folded model, or an exported ONNX
     directory (served by the torch-free runtime).
     """
-    from rich.progress import BarColumn, Progress, TextColumn
-
     from faircalib_runtime import TextDecoder
+    from rich.progress import BarColumn, Progress, TextColumn
 
     extra = {k: v for k, v in (("top_p", top_p), ("top_k", top_k), ("alg_temp", alg_temp),
                                ("cfg_scale", cfg_scale)) if v is not None}
