@@ -204,7 +204,6 @@ def generate(
     MODEL: a checkpoint, a calibrated artifact, a folded model, or an exported ONNX
     directory (served by the torch-free runtime).
     """
-    from faircalib_runtime import TextDecoder
     from rich.progress import BarColumn, Progress, TextColumn
 
     extra = {k: v for k, v in (("top_p", top_p), ("top_k", top_k), ("alg_temp", alg_temp),
@@ -212,7 +211,7 @@ def generate(
     opened = _open_for_generation(model, device)
     config = opened.policy(seed=seed, policy=policy, gen_length=gen_length, steps=steps,
                            block_length=block_length, temperature=temperature, **extra)
-    decoder = TextDecoder(opened.tokenizer, chat=chat)
+    decoder = opened.text_decoder(chat)
     prompts = [decoder.encode(p) for p in prompt]
     mask_id = config.mask_id
 
@@ -242,9 +241,40 @@ def generate(
 
 def _open_for_generation(model: str, device: str):
     """Exported ONNX directories open without torch; everything else through PyTorch."""
+    if (Path(model) / "runtime.json").is_file():
+        from faircalib_runtime.onnx import ExportError, open_exported
+
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" \
+            else None
+        try:
+            return open_exported(model, providers)
+        except ExportError as err:
+            raise FaircalibError(str(err)) from err
     from .generate import open_model
 
     return open_model(model, device)
+
+
+@app.command()
+def export(
+    deploy: Annotated[Path, typer.Argument(help="Folded model directory from `fold`.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output directory.")],
+    format: Annotated[str, typer.Option("--format", help="onnx or tensorrt.")] = "onnx",
+    variant: Annotated[str, typer.Option(
+        help="w4a4 (int4 Q/DQ activations) or weight-only (MatMulNBits, W4A16).")] = "w4a4",
+    external_data: Annotated[bool | None, typer.Option(
+        "--external-data/--inline-data",
+        help="Weights in model.onnx.data beside the graph. Default: only above 1 GiB.")
+    ] = None,
+) -> None:
+    """Export a folded model to an ONNX graph (+ runtime.json) for ONNX Runtime."""
+    if format != "onnx":
+        raise FaircalibError(f"export format {format!r} is not available yet; use onnx")
+    from .export.onnx_export import ExportOptions, export_onnx
+
+    path = export_onnx(deploy, out, ExportOptions(variant=variant, external_data=external_data))
+    size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+    console.print(f"wrote {variant} ONNX model {path} ({_mib(size)})")
 
 
 @tiny_app.command("create")

@@ -45,6 +45,9 @@ class OpenedModel:
     def backend(self, device: str | None = None) -> TorchBackend:
         return TorchBackend(self.model, device=device)
 
+    def text_decoder(self, chat: bool = True) -> TextDecoder:
+        return TextDecoder(self.tokenizer, chat=chat)
+
     def policy(self, seed: int = 0, **overrides):
         settings = with_overrides(family_defaults(self.cfg.family, self.generation_config),
                                   **overrides)

@@ -1,0 +1,127 @@
+"""ONNX export: graph contract, numerics against the folded PyTorch model, the runtime
+backend, external data, the weight-only variant, and torch-free generation."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from faircalib_runtime import generate
+from faircalib_runtime.onnx import ExportError, OnnxBackend, open_exported
+
+from faircalib_export.export.onnx_export import ExportOptions, export_onnx
+from faircalib_export.fold.deployed import load_deployed
+from faircalib_export.fold.fold import fold_artifact
+
+
+@pytest.fixture(scope="module")
+def exported(calibrated, tmp_path_factory):
+    _, art = calibrated
+    root = tmp_path_factory.mktemp("onnx")
+    deploy = fold_artifact(art, root / "deploy")
+    return deploy, export_onnx(deploy, root / "onnx")
+
+
+def _inputs():
+    gen = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, 256, (3, 17), generator=gen)
+    mask = torch.ones(3, 17, dtype=torch.long)
+    mask[1, :4] = 0
+    mask[2, :9] = 0
+    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def test_graph_contract(exported):
+    _, out = exported
+    model = onnx.load(str(out / "model.onnx"))
+    onnx.checker.check_model(model)
+    assert model.ir_version == 10
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 21
+    int4 = [t for t in model.graph.initializer
+            if t.data_type == onnx.TensorProto.INT4 and t.name.endswith("qweight_t")]
+    assert len(int4) == 7 * 2  # every block linear of both blocks
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("QuantizeLinear") == 4 * 2  # one per site per block
+    assert [i.name for i in model.graph.input] == ["input_ids", "attention_mask", "position_ids"]
+    assert {o.name for o in model.graph.output} == {"logits", "token", "prob", "margin",
+                                                    "neg_entropy"}
+    fp16 = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16}
+    assert fp16 == {"embed.weight", "lm_head.weight"}
+
+
+def test_onnx_matches_folded_pytorch(exported):
+    deploy, out = exported
+    ids, mask, pos = _inputs()
+    ref = load_deployed(deploy)(ids, mask, pos).numpy()
+    backend = OnnxBackend(out)
+    got = backend.forward(ids.numpy(), mask.numpy(), pos.numpy(), "logits").logits
+    assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 1e-5
+    s = backend.forward(ids.numpy(), mask.numpy(), pos.numpy(), "summary").summary
+    assert np.array_equal(s.token, ref.argmax(-1))
+    p = torch.softmax(torch.from_numpy(ref).double(), -1).numpy()
+    np.testing.assert_allclose(s.prob, p.max(-1), atol=1e-5)
+    top2 = np.sort(p, -1)[..., -2:]
+    np.testing.assert_allclose(s.margin, top2[..., 1] - top2[..., 0], atol=1e-5)
+    np.testing.assert_allclose(s.neg_entropy, (p * np.log(p + 1e-10)).sum(-1), atol=1e-4)
+
+
+def test_greedy_decode_uses_summaries_and_matches_pytorch(exported):
+    deploy, out = exported
+    opened = open_exported(out)
+    config = opened.policy(gen_length=8, steps=4)
+    prompts = [[5, 6, 7], [8, 9]]
+    onnx_result = generate(opened.backend(), prompts, config)
+    assert opened.session.calls["logits"] == 0 and opened.session.calls["summary"] > 0
+    from faircalib_export.decoding.torch_backend import TorchBackend
+
+    torch_result = generate(TorchBackend(load_deployed(deploy)), prompts, config)
+    assert np.array_equal(onnx_result.tokens, torch_result.tokens)
+
+
+def test_external_data_and_missing_file(exported, tmp_path):
+    deploy, _ = exported
+    out = export_onnx(deploy, tmp_path / "ext", ExportOptions(external_data=True))
+    assert (out / "model.onnx.data").stat().st_size > (out / "model.onnx").stat().st_size
+    OnnxBackend(out)  # loads
+    (out / "model.onnx.data").unlink()
+    with pytest.raises(ExportError, match="model.onnx.data"):
+        OnnxBackend(out)
+
+
+def test_weight_only_variant(exported, tmp_path):
+    deploy, _ = exported
+    out = export_onnx(deploy, tmp_path / "wo", ExportOptions(variant="weight-only"))
+    ops = [n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node]
+    assert ops.count("MatMulNBits") == 14 and "QuantizeLinear" not in ops
+    ids, mask, pos = _inputs()
+    logits = OnnxBackend(out).forward(ids.numpy(), mask.numpy(), pos.numpy(), "logits").logits
+    assert np.isfinite(logits).all()
+
+
+NO_TORCH = textwrap.dedent("""
+    import sys
+    class Block:
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch" or name.startswith("torch."):
+                raise ImportError("torch is blocked in this test")
+    sys.meta_path.insert(0, Block())
+    from faircalib_export.cli import main
+    try:
+        main(["generate", sys.argv[1], "-p", "hi", "--gen-length", "8", "--steps", "4"])
+    except SystemExit as exit:
+        assert exit.code in (0, None), exit.code
+    assert "torch" not in sys.modules
+    print("NO_TORCH_OK")
+""")
+
+
+def test_generate_from_onnx_without_torch(exported):
+    _, out = exported
+    result = subprocess.run([sys.executable, "-c", NO_TORCH, str(out)], capture_output=True,
+                            text=True, timeout=120)
+    assert "NO_TORCH_OK" in result.stdout, result.stderr
