@@ -277,6 +277,67 @@ def export(
     console.print(f"wrote {variant} ONNX model {path} ({_mib(size)})")
 
 
+@app.command()
+def validate(
+    reference: Annotated[str, typer.Option(
+        help="PyTorch reference: calibrated artifact or folded model.")],
+    exported: Annotated[Path, typer.Option(help="Exported ONNX directory.")],
+    prompts: Annotated[Path | None, typer.Option(
+        help="Prompt file (one per line, or JSONL with 'prompt'). Default: the model's "
+             "held-out task prompts, else a few built-in prompts.")] = None,
+    limit: Annotated[int, typer.Option("-n", "--limit", help="Prompts to use.")] = 32,
+    out: Annotated[Path | None, typer.Option(
+        "-o", "--out", help="Write report.json and report.md here.")] = None,
+    top1_min: float = 0.999,
+    decode_match_min: float = 0.99,
+    rel_error_max: float = 0.05,
+    kl_max: float = 1e-3,
+    steps: Annotated[int | None, typer.Option(help="Denoising steps.")] = None,
+    gen_length: Annotated[int | None, typer.Option(help="Generated tokens.")] = None,
+    chat: Annotated[bool, typer.Option(help="Apply the chat template.")] = True,
+) -> None:
+    """Compare an exported model with its PyTorch reference; non-zero exit on failure.
+
+    Teacher-forced top-1 agreement, KL and logit errors on the masked positions of the
+    reference's own decoding trajectories, commit flips, and decoded-token agreement.
+    """
+    from .generate import open_model
+    from .validate import DEFAULT_PROMPTS, Thresholds, ValidationError, markdown, read_prompts
+    from .validate import validate as run_validation
+
+    ref = open_model(reference)
+    exp = _open_for_generation(str(exported), "cpu")
+    if getattr(exp, "kind", None) != "onnx":
+        raise FaircalibError(f"{exported} is not an exported ONNX directory")
+    texts = read_prompts(prompts, _default_prompts(ref, limit) or list(DEFAULT_PROMPTS))[:limit]
+    report = run_validation(
+        ref, exp, texts, chat=chat, steps=steps, gen_length=gen_length,
+        thresholds=Thresholds(top1_min, decode_match_min, rel_error_max, kl_max))
+    text = markdown(report, reference, str(exported))
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+        (out / "report.md").write_text(text)
+    console.print(text, markup=False, highlight=False)
+    if not report["passed"]:
+        failed = [k for k, ok in report["checks"].items() if not ok]
+        raise ValidationError(f"validation failed: {', '.join(failed)}")
+
+
+def _default_prompts(opened, limit: int) -> list[str] | None:
+    """Held-out prompts of the task a tiny model was trained on, if it has one."""
+    base = getattr(opened, "base_path", None)
+    from .models.builtin import default_task
+
+    task = default_task(base) if base is not None else None
+    if task is None:
+        return None
+    from .tiny.tasks import Split, get_task
+
+    stream = get_task(task.split(":", 1)[1]).stream(Split.HELDOUT, 0)
+    return [next(stream).prompt for _ in range(limit)]
+
+
 @tiny_app.command("create")
 def tiny_create(
     out: Annotated[Path, typer.Argument(help="Output checkpoint directory.")],

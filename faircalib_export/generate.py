@@ -34,6 +34,8 @@ class OpenedModel:
     cfg: ModelConfig
     tokenizer: Any
     generation_config: dict
+    base_path: Path | None = None  # the original checkpoint directory, when known
+    path: Path | None = None  # what was opened
 
     @property
     def eos_ids(self) -> tuple[int, ...]:
@@ -67,7 +69,8 @@ def open_model(name_or_path: str | Path, device: str = "cpu") -> OpenedModel:
 
         model = load_deployed(path)
         tok = load_tokenizer(path, get_family(model.cfg.family))
-        return OpenedModel("folded", model.to(device), model.cfg, tok, _generation_config(path))
+        return OpenedModel("folded", model.to(device), model.cfg, tok, _generation_config(path),
+                           path=path)
     manifest = path / "manifest.json"
     if manifest.is_file() and json.loads(manifest.read_text()).get("kind") == "calibrated":
         from .calibrate.artifact import load_quantized, read_manifest
@@ -75,11 +78,11 @@ def open_model(name_or_path: str | Path, device: str = "cpu") -> OpenedModel:
         base = Path(read_manifest(path)["config"]["base_model"])
         model = load_quantized(path, device=device)
         return OpenedModel("calibrated", model, model.cfg, load_tokenizer(base),
-                           _generation_config(base))
+                           _generation_config(base), base, path)
     if (path / "config.json").is_file():
         model = load_model(path, device=device)
         return OpenedModel("checkpoint", model, model.cfg, load_tokenizer(path),
-                           _generation_config(path))
+                           _generation_config(path), path, path)
     raise CheckpointError(f"{path}: not a checkpoint, calibrated artifact or folded model")
 
 

@@ -97,7 +97,8 @@ def _gptq_block(qb: QuantBlock, inputs: torch.Tensor, rope, batch: int, device) 
     try:
         with torch.no_grad():
             for i in range(0, inputs.shape[0], batch):
-                qb(inputs[i:i + batch].to(device, torch.float32), *rope, None)
+                # the calibration form: its site transforms expose the inputs to hook
+                qb(inputs[i:i + batch].to(device, torch.float32), *rope, None, folded=False)
                 for site, xs in captured.items():
                     h = sum(input_hessian(x) * x[..., 0].numel() for x in xs)
                     hessians[site] = hessians.get(site, 0) + h

@@ -39,7 +39,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from ..artifacts import atomic_dir, write_manifest
+from ..artifacts import atomic_dir, file_sha256, write_manifest
 from ..errors import ConfigError
 from ..fold.deployed import read_deploy
 from ..fold.pack import unpack_int4
@@ -326,6 +326,8 @@ def export_onnx(deploy_dir: str | Path, out: str | Path,
             "w_bits": meta["w_bits"], "a_bits": meta["a_bits"] if options.variant == "w4a4"
             else NO_QUANT_BITS, "embed_bits": meta["embed_bits"], "head_bits": meta["head_bits"],
             "deploy_config": meta["model_config"],
+            "source_artifact_sha256": meta.get("source_artifact_sha256"),
+            "deploy_weights_sha256": file_sha256(deploy_dir / "weights.safetensors"),
         }
         (tmp / RUNTIME_JSON).write_text(json.dumps(runtime, indent=1) + "\n")
         for name in ("tokenizer_config.json", "special_tokens_map.json"):

@@ -31,16 +31,15 @@ import json
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
 from ..errors import CheckpointError
 from ..models.config import ModelConfig
-from ..models.transformer import apply_rope, attention_bias, rope_cos_sin
+from ..models.transformer import attention_bias, rope_cos_sin
+from ..quant.folded import block_forward, dequantized, rms_norm
 from ..quant.layout import transform_sites
 from ..quant.qblock import LINEAR_SITE
-from ..quant.quantizer import NO_QUANT_BITS, fake_quant, row_scale
 from .pack import unpack_int4
 
 DEPLOY_JSON = "deploy.json"
@@ -60,18 +59,11 @@ def read_deploy(directory: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     return meta, load_file(str(directory / WEIGHTS))
 
 
-def dequantize(tensors: dict[str, torch.Tensor], prefix: str, in_features: int,
-               bits: int) -> torch.Tensor:
-    """(out, in) float32 weight from stored codes and per-row scales."""
+def codes_of(tensors: dict[str, torch.Tensor], prefix: str, in_features: int,
+             bits: int) -> torch.Tensor:
+    """(out, in) int8 codes from the stored (packed for <= 4 bits) qweight."""
     q = tensors[f"{prefix}.qweight"]
-    if bits <= 4:
-        q = torch.from_numpy(unpack_int4(q.numpy(), in_features))
-    return q.float() * tensors[f"{prefix}.scale"].float()[:, None]
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    x32 = x.float()
-    return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps))
+    return torch.from_numpy(unpack_int4(q.numpy(), in_features)) if bits <= 4 else q
 
 
 class DeployedModel(nn.Module):
@@ -82,63 +74,38 @@ class DeployedModel(nn.Module):
         self.meta = meta
         self.cfg = cfg = ModelConfig(**meta["model_config"])
         self.w_bits, self.a_bits = meta["w_bits"], meta["a_bits"]
-        self.t = {k: v for k, v in tensors.items()}
-        self.weights: dict[str, torch.Tensor] = {}
+        self.t = tensors
         in_features = {"attn.o_proj": cfg.hidden_size, "mlp.down_proj": cfg.intermediate_size}
+        self.blocks = []
         for i in range(cfg.num_layers):
+            prefix = f"blocks.{i}."
+            block = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
             for lin in LINEAR_SITE:
-                prefix = f"blocks.{i}.{lin}"
-                self.weights[prefix] = dequantize(
-                    tensors, prefix, in_features.get(lin, cfg.hidden_size), self.w_bits)
+                block[f"{lin}.codes"] = codes_of(tensors, prefix + lin,
+                                                 in_features.get(lin, cfg.hidden_size),
+                                                 self.w_bits)
+                del block[f"{lin}.qweight"]
+            self.blocks.append(dequantized(block))
         self.embed = self._table("embed", meta["embed_bits"])
         self.lm_head = self._table("lm_head", meta["head_bits"])
 
     def _table(self, name: str, bits: int) -> torch.Tensor:
         if bits == 16:
             return self.t[f"{name}.weight"].float()
-        return dequantize(self.t, name, self.cfg.hidden_size, bits)
-
-    def _site(self, i: int, site: str, x: torch.Tensor) -> torch.Tensor:
-        p1 = self.t.get(f"blocks.{i}.{site}.p1")
-        if p1 is not None:
-            p2 = self.t[f"blocks.{i}.{site}.p2"]
-            n1, n2 = p1.shape[0], p2.shape[0]
-            x = (p1 @ x.reshape(*x.shape[:-1], n1, n2) @ p2.T).reshape(x.shape)
-        if self.a_bits == NO_QUANT_BITS:
-            return x
-        clip = self.t[f"blocks.{i}.{site}.act_clip"]
-        return fake_quant(x, row_scale(x, self.a_bits, clip), self.a_bits)
-
-    def _linear(self, i: int, lin: str, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weights[f"blocks.{i}.{lin}"], self.t.get(f"blocks.{i}.{lin}.bias"))
+        codes = codes_of(self.t, name, self.cfg.hidden_size, bits)
+        return codes.float() * self.t[f"{name}.scale"].float()[:, None]
 
     @torch.no_grad()
     def forward(self, input_ids, attention_mask=None, position_ids=None):
         cfg = self.cfg
         b, s = input_ids.shape
-        nh, g, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         if position_ids is None:
             position_ids = torch.arange(s).expand(b, s)
-        cos, sin = rope_cos_sin(position_ids, d, cfg.rope_theta)
+        cos, sin = rope_cos_sin(position_ids, cfg.head_dim, cfg.rope_theta)
         mask = attention_bias(attention_mask, torch.float32)
         h = self.embed[input_ids]
-        for i in range(cfg.num_layers):
-            x = self._site(i, "qkv", rms_norm(h, self.t[f"blocks.{i}.attn_norm.weight"],
-                                              cfg.rms_norm_eps))
-            q = self._linear(i, "attn.q_proj", x).view(b, s, nh, d).transpose(1, 2)
-            k = self._linear(i, "attn.k_proj", x).view(b, s, g, d).transpose(1, 2)
-            v = self._linear(i, "attn.v_proj", x).view(b, s, g, d).transpose(1, 2)
-            q, k = apply_rope(q, cos, sin, cfg.rope_fp32), apply_rope(k, cos, sin, cfg.rope_fp32)
-            if g != nh:
-                k = k.repeat_interleave(nh // g, dim=1)
-                v = v.repeat_interleave(nh // g, dim=1)
-            attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-            attn = attn.transpose(1, 2).reshape(b, s, nh * d)
-            h = h + self._linear(i, "attn.o_proj", self._site(i, "o", attn))
-            x = self._site(i, "gate_up", rms_norm(h, self.t[f"blocks.{i}.mlp_norm.weight"],
-                                                  cfg.rms_norm_eps))
-            gated = F.silu(self._linear(i, "mlp.gate_proj", x)) * self._linear(i, "mlp.up_proj", x)
-            h = h + self._linear(i, "mlp.down_proj", self._site(i, "down", gated))
+        for block in self.blocks:
+            h = block_forward(block, cfg, self.a_bits, h, cos, sin, mask)
         logits = rms_norm(h, self.t["norm.weight"], cfg.rms_norm_eps) @ self.lm_head.T
         if cfg.logit_shift:
             logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)

@@ -1,12 +1,9 @@
 """Fold a calibrated artifact into the deployment format of `deployed.py`.
 
-Everything is computed in float64 before it is rounded or stored:
-- the qkv / gate-up site scales c divide the preceding RMSNorm weights;
-- the o / down site scales c divide the rows of v_proj / up_proj (and v's bias); per-row
-  quantization is invariant to row scaling, so only the stored row scales change;
-- W' = W diag(c) P^-1 with the learned per-row weight clip becomes int codes + scales
-  (GPTQ codes are taken as they are);
-- the Kronecker factors P1, P2 and the activation clip ratios stay online.
+Each block's folded form comes from `QuantBlock.folded()` (float64 math, see
+quant/folded.py): site scales in the RMSNorm weights and in the rows of v_proj / up_proj,
+W' = W diag(c) P^-1 with the learned clips as int codes + per-row scales (GPTQ codes as
+they are), online Kronecker factors and activation clip ratios. This module packs it.
 Embeddings and LM head stay fp16 unless `embed_bits=8` (per-row int8 gather table) or
 `head_bits` in (4, 8) (weight-only per-row quantization) is asked for.
 """
@@ -20,11 +17,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..artifacts import atomic_dir, write_manifest
+from ..artifacts import atomic_dir, file_sha256, write_manifest
 from ..calibrate.artifact import load_quantized, read_manifest
 from ..errors import ConfigError
 from ..models.families import get_family
-from ..quant.qblock import LINEAR_SITE, QuantBlock
+from ..quant.qblock import LINEAR_SITE
 from ..quant.quantizer import NO_QUANT_BITS, quantize_rows
 from .deployed import DEPLOY_JSON, FORMAT, WEIGHTS
 from .pack import pack_int4
@@ -39,36 +36,6 @@ def _store_codes(out: dict, prefix: str, codes: torch.Tensor, scale: torch.Tenso
     out[f"{prefix}.qweight"] = (torch.from_numpy(pack_int4(codes.numpy())) if bits <= 4
                                 else codes)
     out[f"{prefix}.scale"] = scale.reshape(-1).float().cpu()
-
-
-def _fold_block(qb: QuantBlock, i: int, out: dict, w_bits: int) -> None:
-    f64 = torch.float64
-    fp = qb.fp
-    c = {name: site.scale(f64) for name, site in qb.sites.items()}
-    norms = (("attn_norm", "qkv"), ("mlp_norm", "gate_up"))
-    for norm, site in norms:
-        w = getattr(fp, norm).weight.detach().double()
-        out[f"blocks.{i}.{norm}.weight"] = (w if c[site] is None else w / c[site]).float()
-    row_div = {"attn.v_proj": qb.sites["o"].log_c, "mlp.up_proj": c["down"]}
-    for name in LINEAR_SITE:
-        codes, scale = qb.weight_codes(name)
-        scale = scale.double().reshape(-1)
-        bias = qb.linear(name).bias
-        bias = None if bias is None else bias.detach().double()
-        div = row_div.get(name)
-        if div is not None:
-            div = div.detach().double().exp() if name == "attn.v_proj" else div
-            scale = scale / div
-            bias = None if bias is None else bias / div
-        _store_codes(out, f"blocks.{i}.{name}", codes, scale, w_bits)
-        if bias is not None:
-            out[f"blocks.{i}.{name}.bias"] = bias.float()
-    for name, site in qb.sites.items():
-        factors = site.factors(f64)
-        if factors is not None:
-            out[f"blocks.{i}.{name}.p1"] = factors[0].float().contiguous()
-            out[f"blocks.{i}.{name}.p2"] = factors[1].float().contiguous()
-        out[f"blocks.{i}.{name}.act_clip"] = qb.act[name].clip().detach().float().reshape(())
 
 
 def fold_artifact(artifact: str | Path, out: str | Path, *, embed_bits: int = 16,
@@ -87,7 +54,11 @@ def fold_artifact(artifact: str | Path, out: str | Path, *, embed_bits: int = 16
     tensors: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for i, qb in enumerate(model.blocks):
-            _fold_block(qb, i, tensors, calib["w_bits"])
+            block = qb.folded()
+            for lin in LINEAR_SITE:
+                _store_codes(tensors, f"blocks.{i}.{lin}", block.pop(f"{lin}.codes"),
+                             block.pop(f"{lin}.scale"), calib["w_bits"])
+            tensors.update({f"blocks.{i}.{name}": value for name, value in block.items()})
         tensors["norm.weight"] = model.norm.weight.detach().float()
         for name, weight, bits in (("embed", model.embed.weight, embed_bits),
                                    ("lm_head", model.lm_head.weight, head_bits)):
@@ -104,6 +75,7 @@ def fold_artifact(artifact: str | Path, out: str | Path, *, embed_bits: int = 16
         "w_bits": calib["w_bits"], "a_bits": calib["a_bits"],
         "embed_bits": embed_bits, "head_bits": head_bits,
         "method": calib["method"],
+        "source_artifact_sha256": file_sha256(artifact / "manifest.json"),
         "nibble_order": "element 2j in bits 0-3, element 2j+1 in bits 4-7 (two's complement)",
         "default_policy": family.default_policy,
         "activation_quantization": "per token, symmetric, scale = act_clip * max|x| / qmax"

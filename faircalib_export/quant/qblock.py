@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..models.transformer import Block, apply_rope
+from .folded import block_forward, dequantized
 from .layout import transform_sites
 from .quantizer import ActQuantizer, WeightQuantizer, check_bits
 from .transforms import SiteTransform
@@ -79,6 +80,7 @@ class QuantBlock(nn.Module):
             for name in LINEAR_SITE
         })
         self.weight_override: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._folded_cache: dict[str, torch.Tensor] | None = None
         self.to(next(block.parameters()).device)
 
     def linear(self, name: str) -> nn.Linear:
@@ -124,7 +126,57 @@ class QuantBlock(nn.Module):
         lin = self.linear(name)
         return F.linear(xq, self.quantized_weight(name).to(xq.dtype), lin.bias)
 
-    def forward(self, h, cos, sin, attn_mask, drop_prob: float = 0.0):
+    @torch.no_grad()
+    def folded(self) -> dict[str, torch.Tensor]:
+        """This block in the folded deployment form (see folded.py), computed in float64.
+
+        Site scales c go into the RMSNorm weights (qkv, gate-up) and into the rows of
+        v_proj / up_proj (o, down); per-row quantization is invariant to row scaling, so
+        only the stored row scales change.
+        """
+        f64 = torch.float64
+        c = {name: site.scale(f64) for name, site in self.sites.items()}
+        out: dict[str, torch.Tensor] = {}
+        for norm, site in (("attn_norm", "qkv"), ("mlp_norm", "gate_up")):
+            w = getattr(self.fp, norm).weight.double()
+            out[f"{norm}.weight"] = (w if c[site] is None else w / c[site]).float()
+        o_rows = None if self.sites["o"].log_c is None else self.sites["o"].log_c.double().exp()
+        row_div = {"attn.v_proj": o_rows, "mlp.up_proj": c["down"]}
+        for name in LINEAR_SITE:
+            codes, scale = self.weight_codes(name)
+            scale = scale.double().reshape(-1)
+            bias = self.linear(name).bias
+            bias = None if bias is None else bias.double()
+            div = row_div.get(name)
+            if div is not None:
+                scale = scale / div
+                bias = None if bias is None else bias / div
+            out[f"{name}.codes"] = codes.to(torch.int8)
+            out[f"{name}.scale"] = scale.float()
+            if bias is not None:
+                out[f"{name}.bias"] = bias.float()
+        for name, site in self.sites.items():
+            factors = site.factors(f64)
+            if factors is not None:
+                out[f"{name}.p1"] = factors[0].float().contiguous()
+                out[f"{name}.p2"] = factors[1].float().contiguous()
+            out[f"{name}.act_clip"] = self.act[name].clip().float().reshape(())
+        return out
+
+    def forward(self, h, cos, sin, attn_mask, drop_prob: float = 0.0,
+                folded: bool | None = None):
+        """`folded` (default: whenever no gradient is being recorded) runs the deployment
+        arithmetic; otherwise the differentiable calibration form runs."""
+        if folded is None:
+            folded = not torch.is_grad_enabled()
+        if folded:
+            # Evaluation runs the folded arithmetic itself, so a calibrated model and its
+            # exported form round every weight and activation identically.
+            if self._folded_cache is None:
+                self._folded_cache = dequantized(self.folded())
+            return block_forward(self._folded_cache, self.cfg, self.spec.a_bits, h, cos, sin,
+                                 attn_mask)
+        self._folded_cache = None  # parameters are training: the fold is stale
         cfg = self.cfg
         b, s, _ = h.shape
         nh, g, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -161,6 +213,7 @@ class QuantBlock(nn.Module):
         if missing or unexpected:
             raise KeyError(f"calibration state mismatch: missing {missing}, "
                            f"unexpected {unexpected}")
+        self._folded_cache = None
         device = next(self.fp.parameters()).device
         names = {k[len("override."):].rsplit(".", 1)[0] for k in state if k.startswith("override.")}
         self.weight_override = {

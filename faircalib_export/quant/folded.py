@@ -1,0 +1,77 @@
+"""The folded W4A4 block arithmetic, shared by every PyTorch evaluation path.
+
+A folded block is a dict of tensors with block-relative names:
+  attn_norm.weight, mlp_norm.weight   RMSNorm weights with the qkv / gate-up site scales
+                                       folded in (w / c)
+  <lin>.codes (out, in) int8, <lin>.scale (out,) float32, <lin>.bias (optional)
+                                       W = codes * scale; the o / down site scales are in
+                                       the rows of v_proj / up_proj
+  <site>.p1, <site>.p2                 online Kronecker factors (absent when P = I)
+  <site>.act_clip                      activation clip ratio (scalar)
+`QuantBlock.folded()` produces it from calibration parameters (float64 math), `fold`
+stores it packed, and both the calibrated model's evaluation and the deployed reference
+run `block_forward` on it, so they round every weight and activation identically.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..models.config import ModelConfig
+from ..models.transformer import apply_rope
+from .quantizer import NO_QUANT_BITS, fake_quant, row_scale
+
+LINEARS = ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj", "mlp.gate_proj",
+           "mlp.up_proj", "mlp.down_proj")
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    x32 = x.float()
+    return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps))
+
+
+def dequantized(block: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Replace codes/scales by float32 weights (codes * scale), keeping everything else."""
+    out = {k: v for k, v in block.items() if not k.endswith((".codes", ".scale"))}
+    for lin in LINEARS:
+        scale = block[f"{lin}.scale"].float()[:, None]
+        out[f"{lin}.weight"] = block[f"{lin}.codes"].float() * scale
+    return out
+
+
+def _site(w: dict[str, torch.Tensor], site: str, x: torch.Tensor, a_bits: int) -> torch.Tensor:
+    p1 = w.get(f"{site}.p1")
+    if p1 is not None:
+        p2 = w[f"{site}.p2"]
+        n1, n2 = p1.shape[0], p2.shape[0]
+        x = (p1 @ x.reshape(*x.shape[:-1], n1, n2) @ p2.T).reshape(x.shape)
+    if a_bits == NO_QUANT_BITS:
+        return x
+    clip = w[f"{site}.act_clip"]
+    return fake_quant(x, row_scale(x, a_bits, clip), a_bits)
+
+
+def _mm(w: dict[str, torch.Tensor], lin: str, x: torch.Tensor) -> torch.Tensor:
+    return F.linear(x, w[f"{lin}.weight"], w.get(f"{lin}.bias"))
+
+
+def block_forward(w: dict[str, torch.Tensor], cfg: ModelConfig, a_bits: int, h, cos, sin,
+                  mask) -> torch.Tensor:
+    """One folded W4A4 block (weights already dequantized by `dequantized`)."""
+    b, s, _ = h.shape
+    nh, g, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    x = _site(w, "qkv", rms_norm(h, w["attn_norm.weight"], cfg.rms_norm_eps), a_bits)
+    q = _mm(w, "attn.q_proj", x).view(b, s, nh, d).transpose(1, 2)
+    k = _mm(w, "attn.k_proj", x).view(b, s, g, d).transpose(1, 2)
+    v = _mm(w, "attn.v_proj", x).view(b, s, g, d).transpose(1, 2)
+    q, k = apply_rope(q, cos, sin, cfg.rope_fp32), apply_rope(k, cos, sin, cfg.rope_fp32)
+    if g != nh:
+        k = k.repeat_interleave(nh // g, dim=1)
+        v = v.repeat_interleave(nh // g, dim=1)
+    attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    attn = attn.transpose(1, 2).reshape(b, s, nh * d)
+    h = h + _mm(w, "attn.o_proj", _site(w, "o", attn, a_bits))
+    x = _site(w, "gate_up", rms_norm(h, w["mlp_norm.weight"], cfg.rms_norm_eps), a_bits)
+    gated = F.silu(_mm(w, "mlp.gate_proj", x)) * _mm(w, "mlp.up_proj", x)
+    return h + _mm(w, "mlp.down_proj", _site(w, "down", gated, a_bits))

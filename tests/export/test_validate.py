@@ -1,0 +1,71 @@
+"""validate: passes on a faithful export, fails loudly on thresholds and foreign inputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from faircalib_export.calibrate.artifact import run_calibration
+from faircalib_export.calibrate.stage2 import CalibConfig
+from faircalib_export.cli import main
+from faircalib_export.export.onnx_export import export_onnx
+from faircalib_export.fold.fold import fold_artifact
+
+
+@pytest.fixture(scope="module")
+def exported(calibrated, tmp_path_factory):
+    base, art = calibrated
+    root = tmp_path_factory.mktemp("val")
+    return base, art, export_onnx(fold_artifact(art, root / "deploy"), root / "onnx")
+
+
+def _validate(capsys, *args):
+    with pytest.raises(SystemExit) as exc:
+        main(["validate", *args, "--gen-length", "8", "--steps", "4"])
+    out = capsys.readouterr()
+    return exc.value.code, out.out + out.err
+
+
+def test_validate_passes_and_writes_report(exported, tmp_path, capsys):
+    _, art, onnx_dir = exported
+    code, text = _validate(capsys, "--reference", str(art), "--exported", str(onnx_dir),
+                           "-o", str(tmp_path))
+    assert code == 0, text
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["passed"] and report["metrics"]["top1_agreement"] >= 0.999
+    assert report["metrics"]["masked_positions"] > 0
+    assert "PASS" in (tmp_path / "report.md").read_text()
+
+
+def test_validate_fails_on_threshold(exported, capsys):
+    _, art, onnx_dir = exported
+    code, text = _validate(capsys, "--reference", str(art), "--exported", str(onnx_dir),
+                           "--top1-min", "1.01")
+    assert code == 2 and "top1_agreement" in text
+
+
+def test_validate_refuses_graph_of_another_calibration(exported, tmp_path, capsys):
+    import torch
+
+    base, art, onnx_dir = exported
+    tokens = torch.randint(0, 256, (4, 16), generator=torch.Generator().manual_seed(5))
+    other = run_calibration(base, tmp_path / "other", CalibConfig(method="rtn"), tokens, None,
+                            "random")
+    code, text = _validate(capsys, "--reference", str(other), "--exported", str(onnx_dir))
+    assert code == 2 and "not made from" in text
+
+
+def test_validate_refuses_other_tokenizer(exported, tmp_path, capsys):
+    import shutil
+
+    _, art, onnx_dir = exported
+    bad = tmp_path / "onnx"
+    shutil.copytree(onnx_dir, bad)
+    tok = json.loads((bad / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    a, b = list(vocab)[10:12]
+    vocab[a], vocab[b] = vocab[b], vocab[a]  # two ids swapped
+    (bad / "tokenizer.json").write_text(json.dumps(tok))
+    code, text = _validate(capsys, "--reference", str(art), "--exported", str(bad))
+    assert code == 2 and "tokenizer" in text
