@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from faircalib_runtime import DreamConfig, FunctionBackend, LLaDAConfig, generate
 
 from faircalib_export.decoding import TorchBackend, generate_torch
 from faircalib_export.models.loading import load_model
 from faircalib_export.models.tiny import write_tiny_checkpoint
+from faircalib_runtime import DreamConfig, FunctionBackend, LLaDAConfig, generate
 
 
 class TimedModel(torch.nn.Module):

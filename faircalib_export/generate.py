@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from faircalib_runtime import TextDecoder
 from faircalib_runtime.defaults import family_defaults, policy_config, with_overrides
 

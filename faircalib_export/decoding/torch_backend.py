@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+
 from faircalib_runtime.backend import SUMMARY_CHUNK_ROWS, StepOutput, Summary, Want, summarize
 from faircalib_runtime.config import PolicyConfig
 from faircalib_runtime.decode import DecodeResult, StepEvent, generate

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
 from faircalib_runtime import rng
 
 _DTYPES = {"f64": torch.float64, "i64": torch.int64, "bool": torch.bool}

@@ -11,12 +11,12 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from faircalib_runtime import generate
-from faircalib_runtime.onnx import ExportError, OnnxBackend, open_exported
 
 from faircalib_export.export.onnx_export import ExportOptions, export_onnx
 from faircalib_export.fold.deployed import load_deployed
 from faircalib_export.fold.fold import fold_artifact
+from faircalib_runtime import generate
+from faircalib_runtime.onnx import ExportError, OnnxBackend, open_exported
 
 
 @pytest.fixture(scope="module")

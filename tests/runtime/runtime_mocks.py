@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from faircalib_runtime import StepOutput, summarize
 
 LOW = -1e4  # logit of an impossible token: its float64 softmax probability is exactly 0

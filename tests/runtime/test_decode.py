@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from runtime_mocks import HashedBackend, SummaryOnlyBackend
+
 from faircalib_runtime import (
     DreamConfig,
     FunctionBackend,
@@ -14,7 +16,6 @@ from faircalib_runtime import (
     TrajectoryRecorder,
     generate,
 )
-from runtime_mocks import HashedBackend, SummaryOnlyBackend
 
 V, MASK, EOS = 40, 39, 0
 PROMPTS = [[5, 6, 7, 8], [9, 10], [11, 12, 13]]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from runtime_mocks import LOW, ScriptedBackend, logits_from_probs
+
 from faircalib_runtime import (
     DreamConfig,
     LLaDAConfig,
@@ -13,7 +15,6 @@ from faircalib_runtime import (
     generate,
 )
 from faircalib_runtime.rng import Stream, uniform
-from runtime_mocks import LOW, ScriptedBackend, logits_from_probs
 
 
 def commits_per_step(backend, prompts, config):

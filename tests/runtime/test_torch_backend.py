@@ -7,6 +7,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from faircalib_export.decoding import (  # noqa: E402
+    TorchBackend,
+    TorchDeviceBackend,
+    generate_torch,
+)
+from faircalib_export.models.loading import load_model  # noqa: E402
+from faircalib_export.models.tiny import write_tiny_checkpoint  # noqa: E402
 from faircalib_runtime import (  # noqa: E402
     DreamConfig,
     FunctionBackend,
@@ -16,14 +23,6 @@ from faircalib_runtime import (  # noqa: E402
     generate,
     summarize,
 )
-
-from faircalib_export.decoding import (  # noqa: E402
-    TorchBackend,
-    TorchDeviceBackend,
-    generate_torch,
-)
-from faircalib_export.models.loading import load_model  # noqa: E402
-from faircalib_export.models.tiny import write_tiny_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="module", params=["llada", "dream"])
@@ -100,9 +99,8 @@ def test_device_backend_applies_shift():
 
 
 def test_text_decoder_uses_chat_template(tmp_path):
-    from faircalib_runtime import TextDecoder
-
     from faircalib_export.models.loading import load_tokenizer
+    from faircalib_runtime import TextDecoder
 
     path = write_tiny_checkpoint(tmp_path / "m", "llada")
     tok = load_tokenizer(path)

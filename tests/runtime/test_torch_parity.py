@@ -7,11 +7,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from faircalib_runtime import StepOutput, TrajectoryRecorder, generate, rng  # noqa: E402
 from runtime_mocks import HashedBackend, hashed_logits  # noqa: E402
 from test_decode import MASK, PROMPTS, V, configs, ids  # noqa: E402
 
 from faircalib_export.decoding import TorchOps, summarize_torch, uniform  # noqa: E402
+from faircalib_runtime import StepOutput, TrajectoryRecorder, generate, rng  # noqa: E402
 
 
 class TorchHashedBackend:
