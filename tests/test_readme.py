@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -34,3 +36,28 @@ def test_readme_main_job_runs(tmp_path):
                             capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "Linear layers quantized to W4A4" in result.stdout
+
+
+def _pipeline_commands() -> list[list[str]]:
+    text = (ROOT / "README.md").read_text()
+    block = text.split("A full run on a checkpoint", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", block, re.S).group(1)
+    return [shlex.split(cmd) for cmd in block.replace("\\\n", " ").splitlines() if cmd.strip()]
+
+
+def test_readme_pipeline_runs(tmp_path, monkeypatch, shared_data):
+    from faircalib_export.cli import main
+
+    monkeypatch.setenv("FAIRCALIB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    (tmp_path / "shared").symlink_to(shared_data.parent)  # ../shared as beside a checkout
+    commands = _pipeline_commands()
+    assert [c[1] for c in commands] == ["calibrate", "fold", "export", "validate", "generate"]
+    for argv in commands:
+        assert argv[0] == "faircalib-export"
+        with pytest.raises(SystemExit) as exc:
+            main(argv[1:])
+        assert exc.value.code in (0, None), argv
+    assert (tmp_path / "work" / "runs" / "onnx" / "model.onnx").is_file()
