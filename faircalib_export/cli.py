@@ -91,12 +91,6 @@ def info(
                   f"LM head kept in FP16)")
 
 
-def calib_shape(hidden_size: int) -> tuple[int, int]:
-    """Default (samples, sequence length): the paper's 128 x 1024 for real models, scaled
-    to 64 x 128 for the tiny models (their training sequences are under 100 tokens)."""
-    return (128, 1024) if hidden_size >= 1024 else (64, 128)
-
-
 @app.command()
 def calibrate(
     model: ModelArg,
@@ -122,28 +116,17 @@ def calibrate(
     """Stage II: calibrate every block against the FP model (resumable)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .calibrate.artifact import run_calibration
-    from .calibrate.data import calibration_tokens
+    from .calibrate.artifact import calibrate_checkpoint
     from .calibrate.methods import get_method
     from .calibrate.stage2 import CalibConfig
-    from .models.builtin import default_task, resolve_model
-    from .models.loading import load_tokenizer, read_config
-    from .probe.prior import Prior
+    from .models.builtin import resolve_model
+    from .models.loading import read_config
 
     path = resolve_model(model)
     _, mcfg = read_config(path)
     cfg = CalibConfig(method=method, w_bits=w_bits, a_bits=a_bits, epochs=epochs,
                       batch_size=batch_size, lr=lr, seed=seed, device=device)
     meth = get_method(method)
-    if meth.weighted and prior is None:
-        raise FaircalibError(f"--method {method} needs --prior (a directory from `probe`)")
-    loaded_prior = Prior.load(prior) if meth.weighted else None
-    source = data or default_task(path)
-    if source is None:
-        raise FaircalibError(f"{path} has no default calibration data: pass --data")
-    default_n, default_len = calib_shape(mcfg.hidden_size)
-    tokens = calibration_tokens(load_tokenizer(path), source, samples or default_n,
-                                seq_len or default_len, seed=seed, eos_id=mcfg.eos_token_id)
     epochs_total = mcfg.num_layers * max(1, epochs if meth.trains else 1)
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                   console=err_console) as bar:
@@ -158,7 +141,8 @@ def calibrate(
             elif phase == "resumed":
                 bar.advance(task, max(1, epochs))
 
-        result = run_calibration(path, out, cfg, tokens, loaded_prior, source, progress)
+        result = calibrate_checkpoint(path, out, cfg, data=data, prior=prior, samples=samples,
+                                      seq_len=seq_len, progress=progress)
     console.print(f"wrote calibrated artifact {result}")
 
 

@@ -83,6 +83,50 @@ def run_calibration(
     return out
 
 
+def calib_shape(hidden_size: int) -> tuple[int, int]:
+    """Default (samples, sequence length): the paper's 128 x 1024 for real models, scaled
+    to 64 x 128 for the tiny models (their training sequences are under 100 tokens)."""
+    return (128, 1024) if hidden_size >= 1024 else (64, 128)
+
+
+def calibrate_checkpoint(
+    model: str | Path,
+    out: str | Path,
+    cfg: CalibConfig,
+    *,
+    data: str | None = None,
+    prior: Prior | str | Path | None = None,
+    samples: int | None = None,
+    seq_len: int | None = None,
+    progress: Callable[[int, str, float | None], None] = lambda *a: None,
+) -> Path:
+    """Stage II on a checkpoint directory or built-in name, from user-level settings.
+
+    `data` defaults to a tiny model's own task; `prior` (a Prior or a directory from
+    `probe`) is required by the weighted methods.
+    """
+    from ..models.builtin import default_task, resolve_model
+    from ..models.loading import load_tokenizer, read_config
+    from .data import calibration_tokens
+
+    path = resolve_model(model)
+    _, mcfg = read_config(path)
+    method = get_method(cfg.method)
+    if method.weighted and prior is None:
+        raise ConfigError(f"--method {cfg.method} needs --prior (a directory from `probe`)")
+    if isinstance(prior, (str, Path)):
+        prior = Prior.load(prior)
+    source = data or default_task(path)
+    if source is None:
+        raise ConfigError(f"{path} has no default calibration data: pass --data")
+    n_default, len_default = calib_shape(mcfg.hidden_size)
+    tokens = calibration_tokens(load_tokenizer(path), source, samples or n_default,
+                                seq_len or len_default, seed=cfg.seed,
+                                eos_id=mcfg.eos_token_id)
+    return run_calibration(path, Path(out), cfg, tokens, prior if method.weighted else None,
+                           source, progress)
+
+
 def _tensor_hash(t: torch.Tensor) -> str:
     import hashlib
 
