@@ -52,26 +52,34 @@ def _site(w: dict[str, torch.Tensor], site: str, x: torch.Tensor, a_bits: int) -
     return fake_quant(x, row_scale(x, a_bits, clip), a_bits)
 
 
-def _mm(w: dict[str, torch.Tensor], lin: str, x: torch.Tensor) -> torch.Tensor:
-    return F.linear(x, w[f"{lin}.weight"], w.get(f"{lin}.bias"))
+def block_math(cfg: ModelConfig, h, cos, sin, mask, *, norm, site, mm) -> torch.Tensor:
+    """The W4A4 block dataflow, with the three operations supplied by the caller:
+    norm(name, x) for the two RMSNorms, site(name, x) for a site's transform and
+    activation quantization, mm(linear, x) for a quantized linear."""
+    b, s, _ = h.shape
+    nh, g, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    x = site("qkv", norm("attn_norm", h))
+    q = mm("attn.q_proj", x).view(b, s, nh, d).transpose(1, 2)  # (B, H, S, D)
+    k = mm("attn.k_proj", x).view(b, s, g, d).transpose(1, 2)  # (B, G, S, D)
+    v = mm("attn.v_proj", x).view(b, s, g, d).transpose(1, 2)
+    q, k = apply_rope(q, cos, sin, cfg.rope_fp32), apply_rope(k, cos, sin, cfg.rope_fp32)
+    if g != nh:  # each kv head serves nh // g query heads
+        k = k.repeat_interleave(nh // g, dim=1)
+        v = v.repeat_interleave(nh // g, dim=1)
+    attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    attn = attn.transpose(1, 2).reshape(b, s, nh * d)
+    h = h + mm("attn.o_proj", site("o", attn))
+    x = site("gate_up", norm("mlp_norm", h))
+    gated = F.silu(mm("mlp.gate_proj", x)) * mm("mlp.up_proj", x)
+    return h + mm("mlp.down_proj", site("down", gated))
 
 
 def block_forward(w: dict[str, torch.Tensor], cfg: ModelConfig, a_bits: int, h, cos, sin,
                   mask) -> torch.Tensor:
     """One folded W4A4 block (weights already dequantized by `dequantized`)."""
-    b, s, _ = h.shape
-    nh, g, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    x = _site(w, "qkv", rms_norm(h, w["attn_norm.weight"], cfg.rms_norm_eps), a_bits)
-    q = _mm(w, "attn.q_proj", x).view(b, s, nh, d).transpose(1, 2)
-    k = _mm(w, "attn.k_proj", x).view(b, s, g, d).transpose(1, 2)
-    v = _mm(w, "attn.v_proj", x).view(b, s, g, d).transpose(1, 2)
-    q, k = apply_rope(q, cos, sin, cfg.rope_fp32), apply_rope(k, cos, sin, cfg.rope_fp32)
-    if g != nh:
-        k = k.repeat_interleave(nh // g, dim=1)
-        v = v.repeat_interleave(nh // g, dim=1)
-    attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    attn = attn.transpose(1, 2).reshape(b, s, nh * d)
-    h = h + _mm(w, "attn.o_proj", _site(w, "o", attn, a_bits))
-    x = _site(w, "gate_up", rms_norm(h, w["mlp_norm.weight"], cfg.rms_norm_eps), a_bits)
-    gated = F.silu(_mm(w, "mlp.gate_proj", x)) * _mm(w, "mlp.up_proj", x)
-    return h + _mm(w, "mlp.down_proj", _site(w, "down", gated, a_bits))
+    return block_math(
+        cfg, h, cos, sin, mask,
+        norm=lambda name, x: rms_norm(x, w[f"{name}.weight"], cfg.rms_norm_eps),
+        site=lambda name, x: _site(w, name, x, a_bits),
+        mm=lambda lin, x: F.linear(x, w[f"{lin}.weight"], w.get(f"{lin}.bias")),
+    )

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..models.transformer import Block, apply_rope
-from .folded import block_forward, dequantized
+from ..models.transformer import Block
+from .folded import block_forward, block_math, dequantized
 from .layout import transform_sites
 from .quantizer import ActQuantizer, WeightQuantizer, check_bits
 from .transforms import SiteTransform
@@ -177,25 +177,12 @@ class QuantBlock(nn.Module):
             return block_forward(self._folded_cache, self.cfg, self.spec.a_bits, h, cos, sin,
                                  attn_mask)
         self._folded_cache = None  # parameters are training: the fold is stale
-        cfg = self.cfg
-        b, s, _ = h.shape
-        nh, g, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-
-        x = self.site_input("qkv", self.fp.attn_norm(h), drop_prob)
-        q = self._mm("attn.q_proj", x).view(b, s, nh, d).transpose(1, 2)  # (B, H, S, D)
-        k = self._mm("attn.k_proj", x).view(b, s, g, d).transpose(1, 2)  # (B, G, S, D)
-        v = self._mm("attn.v_proj", x).view(b, s, g, d).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin, cfg.rope_fp32), apply_rope(k, cos, sin, cfg.rope_fp32)
-        if g != nh:
-            k = k.repeat_interleave(nh // g, dim=1)
-            v = v.repeat_interleave(nh // g, dim=1)
-        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        attn = attn.transpose(1, 2).reshape(b, s, nh * d)
-        h = h + self._mm("attn.o_proj", self.site_input("o", attn, drop_prob))
-
-        x = self.site_input("gate_up", self.fp.mlp_norm(h), drop_prob)
-        gated = F.silu(self._mm("mlp.gate_proj", x)) * self._mm("mlp.up_proj", x)
-        return h + self._mm("mlp.down_proj", self.site_input("down", gated, drop_prob))
+        return block_math(
+            self.cfg, h, cos, sin, attn_mask,
+            norm=lambda name, x: getattr(self.fp, name)(x),
+            site=lambda name, x: self.site_input(name, x, drop_prob),
+            mm=self._mm,
+        )
 
     def calib_state(self) -> dict[str, torch.Tensor]:
         """Everything calibration produced (no pretrained weights), for saving."""
