@@ -14,9 +14,11 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import FaircalibError
+from .plan import plan_cmd
 
 DEFAULT_MODEL = "tiny-llada"
 
@@ -225,8 +227,14 @@ def generate(
 
 def _open_for_generation(model: str, device: str):
     """Exported ONNX directories open without torch; everything else through PyTorch."""
-    if (Path(model) / "runtime.json").is_file():
+    runtime_json = Path(model) / "runtime.json"
+    if runtime_json.is_file():
         from faircalib_runtime.onnx import ExportError, open_exported
+
+        if json.loads(runtime_json.read_text()).get("variant") == "tensorrt-plugins":
+            from .trt.backend import open_tensorrt  # needs tensorrt + the plugin library
+
+            return open_tensorrt(model)
 
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" \
             else None
@@ -244,6 +252,8 @@ def export(
     deploy: Annotated[Path, typer.Argument(help="Folded model directory from `fold`.")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Output directory.")],
     format: Annotated[str, typer.Option("--format", help="onnx or tensorrt.")] = "onnx",
+    target: Annotated[str, typer.Option(
+        help="TensorRT target GPU profile (configs/targets).")] = "rtx4090",
     variant: Annotated[str, typer.Option(
         help="w4a4 (int4 Q/DQ activations) or weight-only (MatMulNBits, W4A16).")] = "w4a4",
     external_data: Annotated[bool | None, typer.Option(
@@ -251,9 +261,17 @@ def export(
         help="Weights in model.onnx.data beside the graph. Default: only above 1 GiB.")
     ] = None,
 ) -> None:
-    """Export a folded model to an ONNX graph (+ runtime.json) for ONNX Runtime."""
+    """Export a folded model: an ONNX graph for ONNX Runtime, or (--format tensorrt) a
+    graph whose quantized matmuls are W4A4 plugin nodes plus, when tensorrt and the
+    plugin library are available, an engine for the target GPU."""
+    if format == "tensorrt":
+        from .trt.export import export_tensorrt
+
+        result = export_tensorrt(deploy, out, target, external_data=external_data)
+        console.print(f"wrote TensorRT export {result.directory} (engine {result.engine})")
+        return
     if format != "onnx":
-        raise FaircalibError(f"export format {format!r} is not available yet; use onnx")
+        raise FaircalibError(f"unknown export format {format!r}; use onnx or tensorrt")
     from .export.onnx_export import ExportOptions, export_onnx
 
     path = export_onnx(deploy, out, ExportOptions(variant=variant, external_data=external_data))
@@ -291,8 +309,8 @@ def validate(
 
     ref = open_model(reference)
     exp = _open_for_generation(str(exported), "cpu")
-    if getattr(exp, "kind", None) != "onnx":
-        raise FaircalibError(f"{exported} is not an exported ONNX directory")
+    if getattr(exp, "kind", None) not in ("onnx", "tensorrt"):
+        raise FaircalibError(f"{exported} is not an exported ONNX / TensorRT directory")
     texts = read_prompts(prompts, _default_prompts(ref, limit) or list(DEFAULT_PROMPTS))[:limit]
     report = run_validation(
         ref, exp, texts, chat=chat, steps=steps, gen_length=gen_length,
@@ -357,13 +375,16 @@ def tiny_list() -> None:
         console.print(f"{name}  (random init, generated on first use)")
 
 
+app.command("plan")(plan_cmd)
+
+
 def main(argv: list[str] | None = None) -> None:
     from faircalib_runtime import PolicyConfigError
 
     try:
         app(args=argv, prog_name="faircalib-export")
     except (FaircalibError, PolicyConfigError) as err:
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
         sys.exit(2)
 
 

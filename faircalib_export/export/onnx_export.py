@@ -231,12 +231,7 @@ class _Writer:
         bias = self.attention_bias(mask)
         for i in range(cfg.num_layers):
             h = self.block(i, h, cos, sin, bias)
-        h = self.rms_norm(h, "norm.weight")
-        head, head_scale = self.table("lm_head", self.meta["head_bits"])
-        w = b.op("Cast", [head], to=TensorProto.FLOAT)
-        if head_scale is not None:
-            w = b.op("Mul", [w, head_scale])
-        logits = b.op("MatMul", [h, b.op("Transpose", [w], perm=[1, 0])])
+        logits = self.head_logits(self.rms_norm(h, "norm.weight"))
         if cfg.logit_shift:  # Dream: position i reads the prediction made at i - 1
             first = b.op("Slice", [logits, b.const([0], np.int64), b.const([1], np.int64),
                                    b.const([1], np.int64)])
@@ -245,6 +240,15 @@ class _Writer:
             logits = b.op("Concat", [first, rest], axis=1)
         self.summaries(logits)
         b.output(logits, "logits", TensorProto.FLOAT, ["batch", "seq", cfg.vocab_size])
+
+    def head_logits(self, h: str) -> str:
+        """Logits (B, S, V) float32 from the final normed hidden state."""
+        b = self.b
+        head, head_scale = self.table("lm_head", self.meta["head_bits"])
+        w = b.op("Cast", [head], to=TensorProto.FLOAT)
+        if head_scale is not None:
+            w = b.op("Mul", [w, head_scale])
+        return b.op("MatMul", [h, b.op("Transpose", [w], perm=[1, 0])])
 
     def summaries(self, logits: str) -> None:
         b = self.b
@@ -273,31 +277,27 @@ def chat_affixes(tokenizer) -> tuple[str, str] | None:
     return prefix, suffix
 
 
-def export_onnx(deploy_dir: str | Path, out: str | Path,
-                options: ExportOptions = ExportOptions()) -> Path:
-    """Write OUT/model.onnx (+ external data when large) and OUT/runtime.json."""
+def write_export_dir(model: onnx.ModelProto, deploy_dir: Path, meta: dict, out: str | Path, *,
+                     variant: str, external_data: bool | None, kind: str,
+                     extra: dict | None = None) -> Path:
+    """Save a graph with runtime.json, tokenizer files and a manifest, atomically.
+
+    Shared by every exporter; `extra` adds variant-specific runtime.json fields.
+    """
     from faircalib_runtime.defaults import family_defaults
 
     from ..generate import END_OF_TURN
     from ..models.families import get_family
     from ..models.loading import load_tokenizer
 
-    deploy_dir = Path(deploy_dir)
-    meta, tensors = read_deploy(deploy_dir)
-    builder = GraphBuilder(f"faircalib-{meta['family']}-{options.variant}")
-    writer = _Writer(builder, meta, tensors, options.variant)
-    writer.build()
-    model = builder.model({MS_DOMAIN: 1} if options.variant == "weight-only" else None)
     onnx.checker.check_model(model)
-
-    cfg = writer.cfg
+    cfg = ModelConfig(**meta["model_config"])
     tokenizer = load_tokenizer(deploy_dir, get_family(cfg.family))
     vocab = tokenizer.get_vocab()
     gen_file = deploy_dir / "generation_config.json"
     generation = json.loads(gen_file.read_text()) if gen_file.is_file() else {}
     size = sum(t.ByteSize() for t in model.graph.initializer)
-    external = options.external_data if options.external_data is not None \
-        else size > EXTERNAL_DATA_BYTES
+    external = external_data if external_data is not None else size > EXTERNAL_DATA_BYTES
     with atomic_dir(out) as tmp:
         if external:
             # small tensors (shapes, axes) stay inline: shape inference must read them
@@ -309,7 +309,7 @@ def export_onnx(deploy_dir: str | Path, out: str | Path,
             onnx.save_model(model, str(tmp / MODEL_FILE))
         tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
         runtime = {
-            "format": "faircalib-onnx", "version": 1, "variant": options.variant,
+            "format": "faircalib-onnx", "version": 1, "variant": variant,
             "family": cfg.family, "vocab_size": cfg.vocab_size,
             "mask_token_id": cfg.mask_token_id, "pad_token_id": cfg.pad_token_id,
             "eos_token_ids": list(dict.fromkeys(
@@ -321,18 +321,33 @@ def export_onnx(deploy_dir: str | Path, out: str | Path,
             "inputs": ["input_ids", "attention_mask", "position_ids"],
             "outputs": {"logits": "logits", "summary": list(SUMMARY_OUTPUTS)},
             "model_file": MODEL_FILE, "external_data": DATA_FILE if external else None,
-            "ort_session_config": ORT_SESSION_CONFIG,
             "model_sha256": hashlib.sha256((tmp / MODEL_FILE).read_bytes()).hexdigest(),
-            "w_bits": meta["w_bits"], "a_bits": meta["a_bits"] if options.variant == "w4a4"
-            else NO_QUANT_BITS, "embed_bits": meta["embed_bits"], "head_bits": meta["head_bits"],
+            "w_bits": meta["w_bits"], "a_bits": meta["a_bits"],
+            "embed_bits": meta["embed_bits"], "head_bits": meta["head_bits"],
             "deploy_config": meta["model_config"],
             "source_artifact_sha256": meta.get("source_artifact_sha256"),
             "deploy_weights_sha256": file_sha256(deploy_dir / "weights.safetensors"),
+            **(extra or {}),
         }
         (tmp / RUNTIME_JSON).write_text(json.dumps(runtime, indent=1) + "\n")
         for name in ("tokenizer_config.json", "special_tokens_map.json"):
             if (deploy_dir / name).is_file():
                 shutil.copy(deploy_dir / name, tmp / name)
-        write_manifest(tmp, "onnx", runtime, inputs={"deploy_weights": deploy_dir /
-                                                     "weights.safetensors"})
+        write_manifest(tmp, kind, runtime,
+                       inputs={"deploy_weights": deploy_dir / "weights.safetensors"})
     return Path(out)
+
+
+def export_onnx(deploy_dir: str | Path, out: str | Path,
+                options: ExportOptions = ExportOptions()) -> Path:
+    """Write OUT/model.onnx (+ external data when large) and OUT/runtime.json."""
+    deploy_dir = Path(deploy_dir)
+    meta, tensors = read_deploy(deploy_dir)
+    builder = GraphBuilder(f"faircalib-{meta['family']}-{options.variant}")
+    _Writer(builder, meta, tensors, options.variant).build()
+    model = builder.model({MS_DOMAIN: 1} if options.variant == "weight-only" else None)
+    extra = {"ort_session_config": ORT_SESSION_CONFIG}
+    if options.variant == "weight-only":
+        extra["a_bits"] = NO_QUANT_BITS
+    return write_export_dir(model, deploy_dir, meta, out, variant=options.variant,
+                            external_data=options.external_data, kind="onnx", extra=extra)

@@ -1,0 +1,252 @@
+"""`faircalib-export plan`: will calibration and the W4A4 deployment fit on a target GPU?
+
+Works from config.json alone (a checkpoint directory, a bare config.json, a built-in model
+name or a `ModelConfig`), so it answers for LLaDA-8B / Dream-7B before anything is
+downloaded.
+
+Calibration: the Stage II device peak of `calibrate.memory.calibration_plan` (one block
+traced on the meta device) plus the CUDA runtime's own overhead.
+
+Deployment (the TensorRT engine of `faircalib_export.trt`, batch x sequence at the engine's
+profile maximum):
+  weights      int4 block weights in the kernels' packed layout (K padded to 128 codes),
+               float32 per-channel scales, float32 Kronecker factors, float32 norms and
+               biases, the fp16 embedding table and the LM head (fp16 in the deployment
+               format; float32 in the engine when the head runs in fp32, the default, as
+               TensorRT folds the graph's cast); within 1% of `info.memory_estimate`'s W4A4
+               bytes once the head's extra float32 half is taken off
+  activations  float32, one layer at a time (TensorRT reuses activation memory across
+               layers): the larger of the attention part (residual, q/k/v, rotated copies,
+               GQA-repeated k/v, and the full (B, H, S, S) scores and probabilities: the
+               exported graph has no fused attention kernel to rely on) and the MLP part;
+               or, if larger, the head: logits (also the engine output), softmax
+               probabilities and two vocabulary-sized temporaries of the decision summaries
+  workspace    WORKSPACE_GIB of tactic scratch, plus RUNTIME_OVERHEAD_GIB for the CUDA
+               context and TensorRT / cuBLAS handles
+A stage fits when its peak is at most (1 - SAFETY_MARGIN) of the card's memory: the margin
+covers allocator fragmentation, the display and other processes. FP16 deployment (the
+unquantized model, same activations) is reported beside it for comparison.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .models.config import ModelConfig
+
+GIB = 2**30
+SAFETY_MARGIN = 0.10
+RUNTIME_OVERHEAD_GIB = 1.0
+WORKSPACE_GIB = 1.0
+F32, F16 = 4, 2
+
+
+def _config(model_or_config: str | Path | ModelConfig) -> ModelConfig:
+    if isinstance(model_or_config, ModelConfig):
+        return model_or_config
+    from .models.builtin import resolve_model
+    from .models.loading import read_config
+
+    path = Path(model_or_config)
+    if not (path.suffix == ".json" and path.is_file()):
+        path = resolve_model(model_or_config)
+    return read_config(path)[1]
+
+
+def deployment_weight_bytes(cfg: ModelConfig, head_precision: str = "fp32") -> dict[str, int]:
+    """Bytes of every weight the TensorRT engine holds, by kind."""
+    from .info import linear_shape
+    from .quant.layout import kron_factors, transform_sites
+    from .trt.reference import packed_words
+
+    linears = scales = transforms = 0
+    for site in transform_sites(cfg):
+        for lin in site.linears:
+            out_features, in_features = linear_shape(cfg, lin)
+            linears += out_features * packed_words(in_features) * 4
+            scales += out_features * F32
+        n1, n2 = kron_factors(site.dim)
+        transforms += (n1 * n1 + n2 * n2) * F32
+    per_block_norms = 2 * cfg.hidden_size * F32
+    bias = (cfg.hidden_size + 2 * cfg.kv_dim) * F32 if cfg.qkv_bias else 0
+    table = cfg.vocab_size * cfg.hidden_size
+    # TensorRT folds the fp32 graph's Cast(fp16 head) into a float32 constant
+    head = 0 if cfg.tie_word_embeddings else table * (F32 if head_precision == "fp32" else F16)
+    n = cfg.num_layers
+    return {
+        "block_linears_int4": n * linears,
+        "channel_scales": n * scales,
+        "kronecker_factors": n * transforms,
+        "norms_and_biases": n * (per_block_norms + bias) + cfg.hidden_size * F32,
+        "embedding_fp16": table * F16,
+        f"lm_head_{head_precision}": head,
+    }
+
+
+def activation_bytes(cfg: ModelConfig, batch: int, seq: int, *,
+                     fp16_weights: bool = False) -> dict[str, int]:
+    """Peak activation bytes of one forward pass (see the module docstring)."""
+    from .trt.reference import packed_words
+
+    t = batch * seq
+    e, f, kv, v = cfg.hidden_size, cfg.intermediate_size, cfg.kv_dim, cfg.vocab_size
+    codes = lambda k: 0 if fp16_weights else t * (packed_words(k) * 4 + F32)  # codes + scales
+    residual = 2 * t * e * F32  # block input and output
+    qkv = t * (e + 2 * kv) * F32
+    attention = (residual + t * e * F32 + codes(e)  # normed input, its codes
+                 + 2 * qkv  # fused output and its split
+                 + t * (e + kv) * F32  # rotated q, k
+                 + (2 * t * e * F32 if kv != e else 0)  # k, v repeated over query heads
+                 + 2 * batch * cfg.num_heads * seq * seq * F32  # scores, probabilities
+                 + t * e * F32)  # attention output
+    mlp = (residual + t * e * F32 + codes(e)
+           + t * 2 * f * F32  # gate | up
+           + t * f * F32 + codes(f))  # gated product and its codes
+    head = 2 * t * e * F32 + 4 * t * v * F32  # logits, probabilities, two temporaries
+    return {"attention": attention, "mlp": mlp, "head_and_summaries": head,
+            "peak": max(attention, mlp, head)}
+
+
+def _fits(peak_gib: float, memory_gib: float) -> bool:
+    return peak_gib <= memory_gib * (1 - SAFETY_MARGIN)
+
+
+def plan(model_or_config: str | Path | ModelConfig, target, *, samples: int = 128,
+         seq_len: int = 1024, batch: int = 4, max_batch: int | None = None,
+         max_seq: int | None = None, head_precision: str = "fp32") -> dict:
+    """Calibration and deployment memory for `target` (a name, JSON path or Target)."""
+    from .calibrate.memory import calibration_plan
+    from .errors import ConfigError
+    from .info import memory_estimate
+    from .trt.targets import load_target
+
+    cfg = _config(model_or_config)
+    target = load_target(target)
+    max_batch = max_batch or target.max_batch
+    max_seq = max_seq or target.max_seq
+    for name, value in (("samples", samples), ("seq_len", seq_len), ("batch", batch),
+                        ("max_batch", max_batch), ("max_seq", max_seq)):
+        if value <= 0:
+            raise ConfigError(f"{name} must be positive, got {value}")
+    usable = target.memory_gib * (1 - SAFETY_MARGIN)
+
+    calib = calibration_plan(cfg, samples=samples, seq_len=seq_len, batch=batch)
+    calib_peak = calib["device_peak"] + RUNTIME_OVERHEAD_GIB
+
+    weights = deployment_weight_bytes(cfg, head_precision)
+    weights_total = sum(weights.values())
+    acts = activation_bytes(cfg, max_batch, max_seq)
+    overhead = WORKSPACE_GIB + RUNTIME_OVERHEAD_GIB
+    deploy_peak = (weights_total + acts["peak"]) / GIB + overhead
+
+    estimate = memory_estimate(cfg)
+    fp16_acts = activation_bytes(cfg, max_batch, max_seq, fp16_weights=True)
+    fp16_peak = (estimate["fp16_bytes"] + fp16_acts["peak"]) / GIB + overhead
+    gib = lambda n: round(n / GIB, 3)
+    return {
+        "model": {"family": cfg.family, "hidden_size": cfg.hidden_size,
+                  "intermediate_size": cfg.intermediate_size, "num_layers": cfg.num_layers,
+                  "num_heads": cfg.num_heads, "num_kv_heads": cfg.num_kv_heads,
+                  "vocab_size": cfg.vocab_size},
+        "target": target.to_dict(),
+        "safety_margin": SAFETY_MARGIN,
+        "usable_gib": round(usable, 3),
+        "calibration": {
+            "samples": samples, "seq_len": seq_len, "batch": batch,
+            "components_gib": calib, "runtime_overhead_gib": RUNTIME_OVERHEAD_GIB,
+            "peak_gib": round(calib_peak, 3), "fits": _fits(calib_peak, target.memory_gib),
+        },
+        "deployment": {
+            "max_batch": max_batch, "max_seq": max_seq, "head_precision": head_precision,
+            "kernel_path": target.kernel_path,
+            "weights_bytes": {**weights, "total": weights_total},
+            "weights_gib": gib(weights_total),
+            "deploy_format_w4a4_bytes": estimate["w4a4_bytes"],
+            "activations_gib": {k: gib(v) for k, v in acts.items()},
+            "workspace_gib": WORKSPACE_GIB, "runtime_overhead_gib": RUNTIME_OVERHEAD_GIB,
+            "peak_gib": round(deploy_peak, 3), "fits": _fits(deploy_peak, target.memory_gib),
+        },
+        "fp16_deployment": {
+            "weights_bytes": estimate["fp16_bytes"], "weights_gib": gib(estimate["fp16_bytes"]),
+            "activations_gib": gib(fp16_acts["peak"]),
+            "peak_gib": round(fp16_peak, 3), "fits": _fits(fp16_peak, target.memory_gib),
+        },
+    }
+
+
+def _print_plan(data: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    t, m = data["target"], data["model"]
+    console.print(f"[bold]{t['display_name']}[/] ({t['name']}, sm {t['compute_capability']}, "
+                  f"{t['memory_gib']} GiB, GEMM path {t['kernel_path']}): usable "
+                  f"{data['usable_gib']} GiB after a {data['safety_margin']:.0%} margin")
+    console.print(f"model: {m['family']}, hidden {m['hidden_size']}, intermediate "
+                  f"{m['intermediate_size']}, {m['num_layers']} layers, vocab {m['vocab_size']}")
+    verdict = lambda ok: "[green]fits[/]" if ok else "[red]does not fit[/]"
+    table = Table(title="Memory plan (GiB)")
+    for col in ("stage", "component", "GiB"):
+        table.add_column(col, justify="right" if col == "GiB" else "left")
+    c = data["calibration"]
+    stage = f"calibration ({c['samples']} x {c['seq_len']}, batch {c['batch']})"
+    for name, value in c["components_gib"].items():
+        if name == "device_peak":
+            continue
+        label = {"cpu_activation_caches": "host RAM: activation caches (not on the GPU)",
+                 "attention_probs_math_kernel": "attention probs (math kernel only; not counted)"
+                 }.get(name, name)
+        table.add_row(stage, label, f"{value:.3f}")
+        stage = ""
+    table.add_row("", "device tensors peak", f"{c['components_gib']['device_peak']:.3f}")
+    table.add_row("", "runtime overhead", f"{c['runtime_overhead_gib']:.3f}")
+    table.add_row("", "[bold]peak[/]: " + verdict(c["fits"]), f"[bold]{c['peak_gib']:.3f}[/]")
+    d = data["deployment"]
+    stage = f"W4A4 deployment (batch {d['max_batch']} x seq {d['max_seq']})"
+    for name, value in d["weights_bytes"].items():
+        if name != "total":
+            table.add_row(stage, f"weights: {name} ({value:,} B)", f"{value / GIB:.3f}")
+            stage = ""
+    total = d["weights_bytes"]["total"]
+    table.add_row("", f"weights total ({total:,} B)", f"{d['weights_gib']:.3f}")
+    for name, value in d["activations_gib"].items():
+        table.add_row("", f"activations: {name}", f"{value:.3f}")
+    overhead = d["workspace_gib"] + d["runtime_overhead_gib"]
+    table.add_row("", "workspace + runtime", f"{overhead:.3f}")
+    table.add_row("", "[bold]peak[/]: " + verdict(d["fits"]), f"[bold]{d['peak_gib']:.3f}[/]")
+    f = data["fp16_deployment"]
+    table.add_row("FP16 deployment (comparison)", f"weights ({f['weights_bytes']:,} B)",
+                  f"{f['weights_gib']:.3f}")
+    table.add_row("", "activations", f"{f['activations_gib']:.3f}")
+    table.add_row("", "[bold]peak[/]: " + verdict(f["fits"]), f"[bold]{f['peak_gib']:.3f}[/]")
+    console.print(table)
+
+
+def plan_cmd(
+    model: Annotated[str, typer.Argument(
+        help="Checkpoint directory, bare config.json, or built-in model name.")],
+    target: Annotated[str, typer.Option(
+        "--target", "-t", help="Target GPU (a name from configs/targets, or a JSON file).")
+    ] = "rtx4090",
+    samples: Annotated[int, typer.Option(help="Stage II calibration sequences.")] = 128,
+    seq_len: Annotated[int, typer.Option(help="Stage II sequence length.")] = 1024,
+    batch: Annotated[int, typer.Option(help="Stage II batch size.")] = 4,
+    max_batch: Annotated[int | None, typer.Option(
+        help="Deployment batch size (default: the target's).")] = None,
+    max_seq: Annotated[int | None, typer.Option(
+        help="Deployment sequence length, prompt + generation (default: the target's).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Will calibration and the W4A4 TensorRT deployment fit on a target GPU?"""
+    data = plan(model, target, samples=samples, seq_len=seq_len, batch=batch,
+                max_batch=max_batch, max_seq=max_seq)
+    if as_json:
+        print(json.dumps(data, indent=1))
+    else:
+        _print_plan(data)

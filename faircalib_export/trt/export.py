@@ -1,0 +1,280 @@
+"""`export --format tensorrt`: the plugin-node ONNX graph, then a TensorRT engine.
+
+    OUT/
+      model.onnx (+ model.onnx.data)  the W4A4 graph with FaircalibW4A4* plugin nodes
+      runtime.json                    as for the ONNX export, variant "tensorrt-plugins",
+                                      plus "target", "plugins" and "engine" (null until built)
+      model.engine                    serialized engine (when TensorRT is importable)
+      engine.json                     what built it: TensorRT version, device, target,
+                                      optimization profile, plugin library hash, timings
+      build.log                       TensorRT's log of the parse and build
+      tokenizer files, manifest.json
+
+The graph and runtime.json are written atomically first, so a machine without TensorRT
+still produces a complete plugin graph (and a typed `TensorRTUnavailableError` saying what
+is missing). `build_engine(OUT, ...)` builds the engine later from that directory on a
+machine that has TensorRT, a GPU and the plugin library (runtimes/tensorrt).
+
+Engines are specific to the GPU architecture they are built on; engine.json records the
+device next to the target and warns when they differ. The builder runs the non-plugin
+layers in float32 with TF32 disabled (the plugins do the W4A4 work; attention and norms stay
+as close to the PyTorch reference as TensorRT allows).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..artifacts import file_sha256, package_versions
+from ..errors import ConfigError
+from .errors import EngineBuildError, PluginLibraryError, TensorRTError, TensorRTUnavailableError
+from .targets import Target, load_target
+
+VARIANT = "tensorrt-plugins"
+ENGINE_FILE = "model.engine"
+ENGINE_JSON = "engine.json"
+BUILD_LOG = "build.log"
+PLUGIN_LIBRARY = "libfaircalib_trt_plugins.so"
+PLUGIN_ENV = "FAIRCALIB_TRT_PLUGINS"
+DEFAULT_WORKSPACE_GIB = 4.0
+REPO_BUILD = Path(__file__).resolve().parents[2] / "runtimes" / "tensorrt" / "build"
+BUILD_HINT = ("build it with `cmake -S runtimes/tensorrt -B runtimes/tensorrt/build "
+              "-DTENSORRT_ROOT=<TensorRT prefix> && cmake --build runtimes/tensorrt/build`, "
+              f"or point ${PLUGIN_ENV} at it")
+
+
+@dataclass(frozen=True)
+class TensorRTExport:
+    directory: Path
+    onnx: Path
+    engine: Path | None
+
+
+def find_plugin_library(explicit: str | Path | None = None) -> Path:
+    """The plugin library: the given path, $FAIRCALIB_TRT_PLUGINS, or the source build."""
+    for candidate, origin in ((explicit, "the given path"),
+                              (os.environ.get(PLUGIN_ENV), f"${PLUGIN_ENV}")):
+        if candidate:
+            path = Path(candidate)
+            if not path.is_file():
+                raise PluginLibraryError(f"plugin library {path} ({origin}) does not exist")
+            return path
+    path = REPO_BUILD / PLUGIN_LIBRARY
+    if path.is_file():
+        return path
+    raise PluginLibraryError(f"the TensorRT plugin library {PLUGIN_LIBRARY} was not found; "
+                             + BUILD_HINT)
+
+
+_LOADED_LIBRARIES: dict[str, object] = {}  # this process's plugin library handles
+
+
+def _creators_registered(registry) -> bool:
+    from .plugin_graph import PLUGIN_NAMESPACE, PLUGIN_VERSION, QUANTIZE_OP
+
+    for getter in ("get_creator", "get_plugin_creator"):  # TensorRT 10+, older
+        fn = getattr(registry, getter, None)
+        try:
+            if fn is not None and fn(QUANTIZE_OP, PLUGIN_VERSION, PLUGIN_NAMESPACE) is not None:
+                return True
+        except Exception:  # a lookup miss raises in some TensorRT versions
+            continue
+    return False
+
+
+def load_plugins(trt, library: Path) -> None:
+    """Register the plugin creators once per process (TensorRT refuses a second load)."""
+    key = str(Path(library).resolve())
+    if key in _LOADED_LIBRARIES:
+        return
+    registry = trt.get_plugin_registry()
+    if _creators_registered(registry):
+        _LOADED_LIBRARIES[key] = None
+        return
+    try:
+        handle = registry.load_library(key)
+    except Exception as err:  # TensorRT raises its own types
+        raise PluginLibraryError(f"TensorRT could not load the plugin library {key}: {err}"
+                                 ) from None
+    if handle is None:
+        raise PluginLibraryError(f"TensorRT could not load the plugin library {key} "
+                                 f"(built for another TensorRT or CUDA version?)")
+    _LOADED_LIBRARIES[key] = handle
+
+
+def import_tensorrt():
+    try:
+        import tensorrt
+    except ImportError as err:
+        raise TensorRTUnavailableError(
+            f"the `tensorrt` Python package is not importable ({err}); install TensorRT 10+ "
+            f"(pip install 'faircalib-export[tensorrt]') on a machine with an NVIDIA GPU"
+        ) from None
+    return tensorrt
+
+
+def write_plugin_onnx(deploy_dir: str | Path, out_dir: str | Path, target: str | Target, *,
+                      head_precision: str = "fp32", external_data: bool | None = None) -> Path:
+    """Write OUT/model.onnx (plugin nodes), runtime.json, tokenizer and manifest."""
+    from ..export.graph import GraphBuilder
+    from ..export.onnx_export import write_export_dir
+    from ..fold.deployed import read_deploy
+    from .plugin_graph import (
+        GEMM_OP,
+        PLUGIN_DOMAIN,
+        PLUGIN_NAMESPACE,
+        PLUGIN_VERSION,
+        QUANTIZE_OP,
+        PluginWriter,
+    )
+
+    target = load_target(target)
+    deploy_dir = Path(deploy_dir)
+    meta, tensors = read_deploy(deploy_dir)
+    builder = GraphBuilder(f"faircalib-{meta['family']}-{VARIANT}")
+    PluginWriter(builder, meta, tensors, head_precision).build()
+    extra = {
+        "plugins": {"domain": PLUGIN_DOMAIN, "ops": [QUANTIZE_OP, GEMM_OP],
+                    "version": PLUGIN_VERSION, "namespace": PLUGIN_NAMESPACE,
+                    "library": PLUGIN_LIBRARY},
+        "target": target.to_dict(), "engine": None, "head_precision": head_precision,
+    }
+    return write_export_dir(builder.model({PLUGIN_DOMAIN: 1}), deploy_dir, meta, out_dir,
+                            variant=VARIANT, external_data=external_data, kind="tensorrt",
+                            extra=extra)
+
+
+def _write_atomic(path: Path, data: bytes | str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data) if isinstance(data, bytes) else tmp.write_text(data)
+    tmp.replace(path)
+
+
+def _collecting_logger(trt, lines: list[str]):
+    class CollectingLogger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+
+        def log(self, severity, msg) -> None:
+            lines.append(f"[{getattr(severity, 'name', severity)}] {msg}")
+
+    return CollectingLogger()
+
+
+def _device_summary() -> dict:
+    try:
+        from .cuda import CudaRuntime
+
+        cuda = CudaRuntime()
+        major, minor = cuda.capability(0)
+        _, total = cuda.mem_info()
+        return {"compute_capability": f"{major}.{minor}", "memory_gib": round(total / 2**30, 2)}
+    except TensorRTError as err:
+        return {"error": str(err)}
+
+
+def build_engine(export_dir: str | Path, target: str | Target | None = None, *,
+                 plugin_library: str | Path | None = None, max_batch: int | None = None,
+                 max_seq: int | None = None,
+                 workspace_gib: float = DEFAULT_WORKSPACE_GIB) -> Path:
+    """Build OUT/model.engine from OUT/model.onnx; returns the engine path."""
+    from faircalib_runtime.onnx import ExportError, read_runtime_config
+
+    export_dir = Path(export_dir)
+    try:
+        config = read_runtime_config(export_dir)
+    except ExportError as err:
+        raise ConfigError(str(err)) from err
+    if config.get("variant") != VARIANT:
+        raise ConfigError(f"{export_dir} is a {config.get('variant')!r} export, not a "
+                          f"TensorRT plugin graph; export it with --format tensorrt")
+    target = load_target(target or config["target"]["name"])
+    max_batch = max_batch or target.max_batch
+    max_seq = max_seq or target.max_seq
+    if max_batch <= 0 or max_seq <= 0:
+        raise ConfigError("max_batch and max_seq must be positive")
+    trt = import_tensorrt()
+    library = find_plugin_library(plugin_library)
+
+    lines: list[str] = []
+    logger = _collecting_logger(trt, lines)
+    log_file = export_dir / BUILD_LOG
+    try:
+        load_plugins(trt, library)
+        builder = trt.Builder(logger)
+        network = builder.create_network(0)
+        parser = trt.OnnxParser(network, logger)
+        if not parser.parse_from_file(str(export_dir / config["model_file"])):
+            errors = "; ".join(str(parser.get_error(i)) for i in range(min(parser.num_errors, 3)))
+            raise EngineBuildError(f"TensorRT could not parse {export_dir / config['model_file']}: "
+                                   f"{errors} (full log: {log_file})")
+        bconfig = builder.create_builder_config()
+        bconfig.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * 2**30))
+        if hasattr(trt.BuilderFlag, "TF32"):
+            bconfig.clear_flag(trt.BuilderFlag.TF32)
+        profile = builder.create_optimization_profile()
+        for name in config["inputs"]:
+            profile.set_shape(name, (1, 1), (max_batch, max_seq), (max_batch, max_seq))
+        bconfig.add_optimization_profile(profile)
+        start = time.perf_counter()
+        serialized = builder.build_serialized_network(network, bconfig)
+        seconds = time.perf_counter() - start
+        if serialized is None:
+            raise EngineBuildError(f"TensorRT failed to build the engine (log: {log_file})")
+    finally:
+        _write_atomic(log_file, "\n".join(lines) + "\n")
+
+    engine = export_dir / ENGINE_FILE
+    _write_atomic(engine, bytes(serialized))
+    device = _device_summary()
+    warnings = []
+    if device.get("compute_capability") not in (None, target.compute_capability):
+        warnings.append(f"built on compute capability {device['compute_capability']}, target "
+                        f"{target.name} is {target.compute_capability}: TensorRT engines only "
+                        f"load on the architecture they were built on")
+    metadata = {
+        "engine_file": ENGINE_FILE, "engine_sha256": file_sha256(engine),
+        "tensorrt_version": trt.__version__, "versions": package_versions(),
+        "device": device, "target": target.to_dict(), "warnings": warnings,
+        "profile": {name: {"min": [1, 1], "opt": [max_batch, max_seq],
+                           "max": [max_batch, max_seq]} for name in config["inputs"]},
+        "workspace_gib": workspace_gib, "tf32": False, "build_seconds": round(seconds, 1),
+        "plugin_library": {"path": str(library), "sha256": file_sha256(library)},
+        "onnx_sha256": config["model_sha256"],
+    }
+    _write_atomic(export_dir / ENGINE_JSON, json.dumps(metadata, indent=1) + "\n")
+    config["engine"] = {"file": ENGINE_FILE, "metadata": ENGINE_JSON, "build_log": BUILD_LOG,
+                        "max_batch": max_batch, "max_seq": max_seq}
+    _write_atomic(export_dir / "runtime.json", json.dumps(config, indent=1) + "\n")
+    return engine
+
+
+def export_tensorrt(deploy_dir: str | Path, out_dir: str | Path, target: str | Target, *,
+                    plugin_library: str | Path | None = None, engine: bool = True,
+                    max_batch: int | None = None, max_seq: int | None = None,
+                    workspace_gib: float = DEFAULT_WORKSPACE_GIB, head_precision: str = "fp32",
+                    external_data: bool | None = None) -> TensorRTExport:
+    """Plugin-node ONNX graph for `target`, then (with `engine`) a TensorRT engine.
+
+    Raises `TensorRTUnavailableError` / `PluginLibraryError` / `EngineBuildError` after the
+    ONNX variant is safely written when the engine cannot be built here; their message says
+    where the graph is and what to install or build.
+    """
+    target = load_target(target)
+    out = write_plugin_onnx(deploy_dir, out_dir, target, head_precision=head_precision,
+                            external_data=external_data)
+    from ..export.onnx_export import MODEL_FILE
+
+    if not engine:
+        return TensorRTExport(out, out / MODEL_FILE, None)
+    try:
+        path = build_engine(out, target, plugin_library=plugin_library, max_batch=max_batch,
+                            max_seq=max_seq, workspace_gib=workspace_gib)
+    except TensorRTError as err:
+        raise type(err)(f"wrote the TensorRT plugin graph to {out / MODEL_FILE}, but no engine: "
+                        f"{err}") from None
+    return TensorRTExport(out, out / MODEL_FILE, path)

@@ -1,0 +1,166 @@
+"""The TensorRT export on a machine without TensorRT: the plugin-node ONNX graph, its numerics
+(plugin ops evaluated by the numpy reference) against the folded PyTorch model, and the typed
+errors when the engine cannot be built here."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+from trt_plugin_ops import evaluator
+
+from faircalib_export.errors import ConfigError, FaircalibError
+from faircalib_export.export.onnx_export import export_onnx
+from faircalib_export.fold.deployed import load_deployed, read_deploy
+from faircalib_export.trt import reference
+from faircalib_export.trt.errors import PluginLibraryError, TensorRTUnavailableError
+from faircalib_export.trt.export import build_engine, export_tensorrt, write_plugin_onnx
+from faircalib_export.trt.plugin_graph import GEMM_OP, PLUGIN_DOMAIN, QUANTIZE_OP, PluginWriter
+
+
+@pytest.fixture(scope="module")
+def plugin_export(deployed, tmp_path_factory):
+    out = write_plugin_onnx(deployed, tmp_path_factory.mktemp("trt") / "export", "rtx4090")
+    return deployed, out
+
+
+def _inputs():
+    gen = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, 256, (3, 17), generator=gen)
+    mask = torch.ones(3, 17, dtype=torch.long)
+    mask[1, :4] = 0
+    mask[2, :9] = 0
+    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def _run(model_dir, names):
+    ids, mask, pos = _inputs()
+    feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(),
+             "position_ids": pos.numpy()}
+    return evaluator(onnx.load(str(model_dir / "model.onnx"))).run(names, feeds)
+
+
+def test_graph_contract(plugin_export):
+    deploy, out = plugin_export
+    meta, _ = read_deploy(deploy)
+    layers, hidden = meta["model_config"]["num_layers"], meta["model_config"]["hidden_size"]
+    model = onnx.load(str(out / "model.onnx"))
+    onnx.checker.check_model(model)
+    assert {o.domain: o.version for o in model.opset_import}[PLUGIN_DOMAIN] == 1
+    plugins = [n for n in model.graph.node if n.domain == PLUGIN_DOMAIN]
+    ops = [n.op_type for n in plugins]
+    assert ops.count(QUANTIZE_OP) == 4 * layers and ops.count(GEMM_OP) == 4 * layers
+    assert not {"QuantizeLinear", "DequantizeLinear", "MatMulNBits"} & {
+        n.op_type for n in model.graph.node}
+    for node in plugins:  # what TensorRT's ONNX parser reads to find the creator
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        assert attrs["plugin_version"] == b"1" and attrs["plugin_namespace"] == b""
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    qkv = inits["blocks.0.qkv.qweight_words"]
+    kv = meta["model_config"]["num_kv_heads"] * hidden // meta["model_config"]["num_heads"]
+    assert qkv.dtype == np.int32 and qkv.shape == (hidden + 2 * kv, reference.packed_words(hidden))
+    down = inits["blocks.0.down.qweight_words"]
+    assert down.shape == (hidden, reference.packed_words(meta["model_config"]["intermediate_size"]))
+    runtime = json.loads((out / "runtime.json").read_text())
+    assert runtime["variant"] == "tensorrt-plugins" and runtime["engine"] is None
+    assert runtime["target"]["name"] == "rtx4090" and runtime["head_precision"] == "fp32"
+    assert runtime["plugins"]["ops"] == [QUANTIZE_OP, GEMM_OP]
+    assert json.loads((out / "manifest.json").read_text())["kind"] == "tensorrt"
+
+
+def test_plugin_graph_matches_folded_pytorch(plugin_export):
+    deploy, out = plugin_export
+    ids, mask, pos = _inputs()
+    ref = load_deployed(deploy)(ids, mask, pos).numpy()
+    logits, token, prob = _run(out, ["logits", "token", "prob"])
+    assert np.linalg.norm(logits - ref) / np.linalg.norm(ref) < 1e-5
+    np.testing.assert_array_equal(token, ref.argmax(-1))
+    p = torch.softmax(torch.from_numpy(ref).double(), -1).numpy()
+    np.testing.assert_allclose(prob, p.max(-1), atol=1e-5)
+
+
+def test_fp16_head_halves_the_head(deployed, tmp_path):
+    out = write_plugin_onnx(deployed, tmp_path / "fp16", "rtx4090", head_precision="fp16")
+    model = onnx.load(str(out / "model.onnx"))
+    heads = {t.name: t for t in model.graph.initializer if t.name.startswith("lm_head")}
+    assert list(heads) == ["lm_head.weight_t"]
+    assert heads["lm_head.weight_t"].data_type == onnx.TensorProto.FLOAT16
+    ids, mask, pos = _inputs()
+    ref = load_deployed(deployed)(ids, mask, pos).numpy()
+    (logits,) = _run(out, ["logits"])
+    error = np.linalg.norm(logits - ref) / np.linalg.norm(ref)
+    assert 1e-6 < error < 3e-3  # fp16 rounding of the hidden state and the logits
+
+
+def test_only_w4a4_has_plugins(deployed):
+    from faircalib_export.export.graph import GraphBuilder
+
+    meta, tensors = read_deploy(deployed)
+    with pytest.raises(ConfigError, match="W4A8"):
+        PluginWriter(GraphBuilder("x"), dict(meta, a_bits=8), tensors)
+    with pytest.raises(ConfigError, match="head precision"):
+        PluginWriter(GraphBuilder("x"), meta, tensors, head_precision="int8")
+
+
+def test_without_tensorrt_the_graph_is_written_and_the_error_is_typed(deployed, tmp_path,
+                                                                      monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt -> ImportError
+    out = tmp_path / "no-trt"
+    with pytest.raises(TensorRTUnavailableError) as info:
+        export_tensorrt(deployed, out, "rtx3090")
+    assert isinstance(info.value, FaircalibError)
+    message = str(info.value)
+    assert str(out / "model.onnx") in message and "tensorrt" in message
+    assert (out / "model.onnx").is_file()
+    assert json.loads((out / "runtime.json").read_text())["target"]["name"] == "rtx3090"
+    result = export_tensorrt(deployed, tmp_path / "graph-only", "h100", engine=False)
+    assert result.engine is None and result.onnx.is_file()
+
+
+def test_missing_plugin_library_is_a_typed_error(plugin_export, monkeypatch, tmp_path):
+    _, out = plugin_export
+    monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))
+    monkeypatch.setenv("FAIRCALIB_TRT_PLUGINS", str(tmp_path / "missing.so"))
+    with pytest.raises(PluginLibraryError, match="missing.so"):
+        build_engine(out)
+
+
+def test_build_engine_needs_the_plugin_graph(deployed, tmp_path):
+    plain = export_onnx(deployed, tmp_path / "onnx")
+    with pytest.raises(ConfigError, match="tensorrt"):
+        build_engine(plain, "rtx4090")
+
+
+def test_plugin_library_is_loaded_once_per_process(tmp_path, monkeypatch):
+    from faircalib_export.trt import export as trt_export
+
+    calls = []
+
+    class Registry:
+        registered = False
+
+        def get_creator(self, name, version, namespace):
+            return object() if self.registered else None
+
+        def load_library(self, path):
+            calls.append(path)
+            return None if "bad" in path else "handle"
+
+    fake = types.SimpleNamespace(get_plugin_registry=lambda: registry)
+    registry = Registry()
+    monkeypatch.setattr(trt_export, "_LOADED_LIBRARIES", {})
+    good, bad = tmp_path / "good.so", tmp_path / "bad.so"
+    trt_export.load_plugins(fake, good)
+    trt_export.load_plugins(fake, good)
+    assert calls == [str(good.resolve())]
+    with pytest.raises(PluginLibraryError, match="bad.so"):
+        trt_export.load_plugins(fake, bad)
+    registry.registered = True  # creators already registered (e.g. by another library copy)
+    trt_export.load_plugins(fake, tmp_path / "other.so")
+    assert len(calls) == 2
