@@ -304,14 +304,14 @@ def validate(
     reference's own decoding trajectories, commit flips, and decoded-token agreement.
     """
     from .generate import open_model
-    from .validate import DEFAULT_PROMPTS, Thresholds, ValidationError, markdown, read_prompts
+    from .validate import Thresholds, ValidationError, default_prompts, markdown, read_prompts
     from .validate import validate as run_validation
 
     ref = open_model(reference)
     exp = _open_for_generation(str(exported), "cpu")
     if getattr(exp, "kind", None) not in ("onnx", "tensorrt"):
         raise FaircalibError(f"{exported} is not an exported ONNX / TensorRT directory")
-    texts = read_prompts(prompts, _default_prompts(ref, limit) or list(DEFAULT_PROMPTS))[:limit]
+    texts = read_prompts(prompts, default_prompts(ref, limit))[:limit]
     report = run_validation(
         ref, exp, texts, chat=chat, steps=steps, gen_length=gen_length,
         thresholds=Thresholds(top1_min, decode_match_min, rel_error_max, kl_max))
@@ -326,18 +326,48 @@ def validate(
         raise ValidationError(f"validation failed: {', '.join(failed)}")
 
 
-def _default_prompts(opened, limit: int) -> list[str] | None:
-    """Held-out prompts of the task a tiny model was trained on, if it has one."""
-    base = getattr(opened, "base_path", None)
-    from .models.builtin import default_task
+@app.command()
+def build(
+    model: ModelArg,
+    target: Annotated[str, typer.Option("--target", "-t", help="Target GPU profile.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output directory.")],
+    method: str = "fair-calib",
+    data: Annotated[str | None, typer.Option(help="Calibration data (see calibrate).")] = None,
+    probe_data: Annotated[str | None, typer.Option(help="Probing prompts (see probe).")
+                          ] = None,
+    samples: Annotated[int | None, typer.Option(help="Calibration sequences.")] = None,
+    seq_len: Annotated[int | None, typer.Option(help="Calibration sequence length.")] = None,
+    epochs: int = 15,
+    seed: int = 0,
+    device: str = "cpu",
+    tensorrt: Annotated[bool, typer.Option(help="Also build the TensorRT engine.")] = True,
+    validate_prompts: Annotated[int, typer.Option(help="Prompts used by validation.")] = 32,
+    gen_length: Annotated[int | None, typer.Option(help="Validation decode length.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Validation decode steps.")] = None,
+) -> None:
+    """Checkpoint -> probe -> calibrate -> fold -> ONNX (+ TensorRT) -> validate.
 
-    task = default_task(base) if base is not None else None
-    if task is None:
-        return None
-    from .tiny.tasks import Split, get_task
+    Completed stages are skipped on a re-run; exits 2 when validation fails.
+    """
+    from .build import BuildSettings, run_build
+    from .validate import ValidationError
 
-    stream = get_task(task.split(":", 1)[1]).stream(Split.HELDOUT, 0)
-    return [next(stream).prompt for _ in range(limit)]
+    settings = BuildSettings(method=method, data=data, probe_data=probe_data, samples=samples,
+                             seq_len=seq_len, epochs=epochs, seed=seed, device=device,
+                             tensorrt=tensorrt, validate_prompts=validate_prompts,
+                             policy={"gen_length": gen_length, "steps": steps})
+    results, report = run_build(model, target, out, settings,
+                                log=lambda m: err_console.print(m, markup=False))
+    table = Table(title=f"build {out} for {target}")
+    for col in ("stage", "status", "seconds", "detail"):
+        table.add_column(col)
+    for r in results:
+        table.add_row(r.name, r.status, f"{r.seconds:.1f}", r.detail)
+    console.print(table)
+    if report is not None and not report["passed"]:
+        failed = [k for k, ok in report["checks"].items() if not ok]
+        raise ValidationError(f"validation failed: {', '.join(failed)} "
+                              f"(see {out / 'validation' / 'report.md'})")
 
 
 @tiny_app.command("create")

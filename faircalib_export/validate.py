@@ -41,6 +41,20 @@ class Thresholds:
     kl_max: float = 1e-3  # mean KL(reference || exported) per masked position
 
 
+def default_prompts(opened, limit: int) -> list[str]:
+    """Held-out prompts of the task a tiny model was trained on, else built-in ones."""
+    from .models.builtin import default_task
+
+    base = getattr(opened, "base_path", None)
+    task = default_task(base) if base is not None else None
+    if task is None:
+        return list(DEFAULT_PROMPTS)[:limit]
+    from .tiny.tasks import Split, get_task
+
+    stream = get_task(task.split(":", 1)[1]).stream(Split.HELDOUT, 0)
+    return [next(stream).prompt for _ in range(limit)]
+
+
 def read_prompts(path: Path | None, default: list[str]) -> list[str]:
     if path is None:
         return default
