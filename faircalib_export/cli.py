@@ -110,8 +110,9 @@ def calibrate(
     epochs: int = 15,
     batch_size: int = 4,
     lr: float = 5e-3,
-    w_bits: Annotated[int, typer.Option(help="Weight bits (2-8).")] = 4,
-    a_bits: Annotated[int, typer.Option(help="Activation bits (2-8, 16 = none).")] = 4,
+    w_bits: Annotated[int, typer.Option("--wbits", "--w-bits", help="Weight bits (2-8).")] = 4,
+    a_bits: Annotated[int, typer.Option("--abits", "--a-bits",
+                                        help="Activation bits (2-8, 16 = none).")] = 4,
     seed: int = 0,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
 ) -> None:

@@ -2,7 +2,7 @@
 
     OUT/
       manifest.json     kind "calibrated": config, quant spec, base model, input hashes
-      blocks/block_XXX.pt  per-block calibration state (transforms, scales, clips, GPTQ
+      blocks/block_XXX.safetensors  per-block calibration state (transforms, scales, clips, GPTQ
                         weights); nothing of the pretrained weights
       prior.json        the prior used (uniform for unweighted methods)
       stats.json        per-block loss and relative error
@@ -27,7 +27,7 @@ from ..models.loading import inspect_checkpoint, load_model
 from ..probe.prior import Prior
 from ..quant.qblock import QuantBlock
 from .methods import get_method
-from .stage2 import CalibConfig, block_file, calibrate_blocks
+from .stage2 import CalibConfig, block_file, calibrate_blocks, load_block_state
 
 KIND = "calibrated"
 
@@ -164,8 +164,7 @@ def load_quantized(artifact: str | Path, base_model: str | Path | None = None,
     seed = manifest["config"]["calib"]["seed"]
     for i, block in enumerate(model.blocks):
         qb = QuantBlock(block, spec, seed=seed + 1000 * i)
-        qb.load_calib_state(torch.load(block_file(artifact / "blocks", i), map_location=device,
-                                       weights_only=True))
+        qb.load_calib_state(load_block_state(block_file(artifact / "blocks", i), device))
         model.blocks[i] = qb
     with torch.no_grad():
         for table in {id(t): t for t in (model.embed.weight, model.lm_head.weight)}.values():

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import FaircalibError
@@ -61,13 +62,17 @@ class CalibConfig:
 
 
 def block_file(directory: Path, index: int) -> Path:
-    return directory / f"block_{index:03d}.pt"
+    return directory / f"block_{index:03d}.safetensors"
 
 
-def _save_atomic(state: dict, path: Path) -> None:
+def save_block_state(state: dict[str, torch.Tensor], path: Path) -> None:
     tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
     tmp.replace(path)
+
+
+def load_block_state(path: Path, device) -> dict[str, torch.Tensor]:
+    return load_file(str(path), device=str(device))
 
 
 @torch.no_grad()
@@ -196,7 +201,7 @@ def calibrate_blocks(
         path = block_file(work_dir, index)
         resumed = path.is_file()
         if resumed:
-            qb.load_calib_state(torch.load(path, map_location=device, weights_only=True))
+            qb.load_calib_state(load_block_state(path, device))
             progress(index, "resumed", None)
         else:
             if method.gptq:
@@ -205,7 +210,7 @@ def calibrate_blocks(
             if method.trains and cfg.epochs > 0:
                 _train_block(qb, q_in, fp_out, weights, rope, cfg, cfg.seed + index, drop_prob,
                              lambda loss, i=index: progress(i, "epoch", loss))
-            _save_atomic(qb.calib_state(), path)
+            save_block_state(qb.calib_state(), path)
         q_out = _run(lambda x, b=qb: b(x, *rope, None), q_in, cfg.batch_size, device,
                      torch.float32)
         with torch.no_grad():

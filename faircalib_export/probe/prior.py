@@ -52,8 +52,9 @@ class Prior:
         w = w / w.mean()
         return torch.from_numpy(w).float()
 
-    def save(self, directory: str | Path) -> Path:
-        path = Path(directory) / PRIOR_FILE
+    def save(self, directory: str | Path, filename: str = PRIOR_FILE) -> Path:
+        """Write `directory/filename` (Stage I also saves its components this way)."""
+        path = Path(directory) / filename
         data = {"weights": self.weights.tolist(), "floor": self.floor, "settings": self.settings}
         path.write_text(json.dumps(data, indent=1) + "\n")
         return path

@@ -23,10 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..errors import ConfigError
 from ..models.transformer import Block
 from .folded import block_forward, block_math, dequantized
 from .layout import transform_sites
-from .quantizer import ActQuantizer, WeightQuantizer, check_bits
+from .quantizer import NO_QUANT_BITS, ActQuantizer, WeightQuantizer, check_bits
 from .transforms import SiteTransform
 
 
@@ -42,7 +43,7 @@ class QuantSpec:
     learn_a_clip: bool = True
 
     def __post_init__(self) -> None:
-        check_bits(self.w_bits, "weight")
+        check_bits(self.w_bits, "weight", allow_16=True)
         check_bits(self.a_bits, "activation", allow_16=True)
 
     def to_dict(self) -> dict:
@@ -100,12 +101,16 @@ class QuantBlock(nn.Module):
 
     def weight_codes(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Integer codes and per-row scales (float64) of a linear's folded weight."""
+        if self.spec.w_bits == NO_QUANT_BITS:
+            raise ConfigError("16-bit weights have no integer codes (nothing to fold)")
         if name in self.weight_override:
             return self.weight_override[name]
         with torch.no_grad():
             return self.wq[_key(name)].codes(self.folded_weight(name, torch.float64))
 
     def quantized_weight(self, name: str) -> torch.Tensor:
+        if self.spec.w_bits == NO_QUANT_BITS:
+            return self.folded_weight(name)
         if torch.is_grad_enabled() and name not in self.weight_override:
             # Recompute the fold in backward instead of keeping its intermediates: they are
             # several weight-sized tensors per linear, the recompute is a small fraction of
@@ -167,8 +172,8 @@ class QuantBlock(nn.Module):
                 folded: bool | None = None):
         """`folded` (default: whenever no gradient is being recorded) runs the deployment
         arithmetic; otherwise the differentiable calibration form runs."""
-        if folded is None:
-            folded = not torch.is_grad_enabled()
+        if folded is None:  # 16-bit weights cannot be folded to codes: stay unfolded
+            folded = not torch.is_grad_enabled() and self.spec.w_bits != NO_QUANT_BITS
         if folded:
             # Evaluation runs the folded arithmetic itself, so a calibrated model and its
             # exported form round every weight and activation identically.

@@ -65,7 +65,7 @@ class WeightQuantizer(nn.Module):
 
     def __init__(self, out_features: int, bits: int, learnable_clip: bool):
         super().__init__()
-        self.bits = check_bits(bits, "weight")
+        self.bits = check_bits(bits, "weight", allow_16=True)
         init = torch.full((out_features, 1), CLIP_INIT_LOGIT)
         if learnable_clip:
             self.clip_logit = nn.Parameter(init)
@@ -81,6 +81,8 @@ class WeightQuantizer(nn.Module):
         return quantize_rows(w, self.bits, self.clip(w.dtype))
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if self.bits == NO_QUANT_BITS:  # reference runs: weights left as they are
+            return w
         return fake_quant(w, row_scale(w, self.bits, self.clip(w.dtype)), self.bits)
 
 

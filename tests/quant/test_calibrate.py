@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from faircalib_export.calibrate.artifact import load_quantized, run_calibration
 from faircalib_export.calibrate.data import calibration_tokens, read_documents
@@ -46,7 +47,7 @@ def test_training_reduces_loss_and_leaves_weights_alone(model_dir, tokens, tmp_p
                if phase == "epoch" else None)
     for block, curve in losses.items():
         assert curve[-1] < curve[0], (block, curve)
-    state = torch.load(out / "blocks" / "block_000.pt", weights_only=True)
+    state = load_file(str(out / "blocks" / "block_000.safetensors"))
     assert not any(k.startswith("fp.") for k in state)  # no pretrained weights stored
     quantized = load_quantized(out)
     for i, block in enumerate(quantized.blocks):  # frozen FP weights are untouched
@@ -79,7 +80,7 @@ def test_interrupted_run_resumes_finished_blocks(model_dir, tokens, tmp_path):
         _run(model_dir, tmp_path / "r", tokens, method="flatquant", epochs=2,
              progress=stop_after_block0)
     assert not (tmp_path / "r").exists()  # nothing that looks complete
-    assert (tmp_path / "r.partial" / "blocks" / "block_000.pt").is_file()
+    assert (tmp_path / "r.partial" / "blocks" / "block_000.safetensors").is_file()
 
     phases = []
     out = _run(model_dir, tmp_path / "r", tokens, method="flatquant", epochs=2,
@@ -89,6 +90,11 @@ def test_interrupted_run_resumes_finished_blocks(model_dir, tokens, tmp_path):
     a = json.loads((out / "stats.json").read_text())
     b = json.loads((fresh / "stats.json").read_text())
     assert [s["weighted_mse"] for s in a] == pytest.approx([s["weighted_mse"] for s in b])
+    for i in range(2):  # the same learned parameters, tensor for tensor
+        x = load_file(str(out / "blocks" / f"block_{i:03d}.safetensors"))
+        y = load_file(str(fresh / "blocks" / f"block_{i:03d}.safetensors"))
+        assert x.keys() == y.keys()
+        assert all(torch.equal(x[k], y[k]) for k in x)
 
 
 def test_nan_during_calibration_is_a_clear_error(model_dir, tokens, tmp_path):
@@ -107,7 +113,7 @@ def test_nan_during_calibration_is_a_clear_error(model_dir, tokens, tmp_path):
 
 def test_quarot_gptq_runs(model_dir, tokens, tmp_path):
     out = _run(model_dir, tmp_path / "q", tokens, method="quarot")
-    state = torch.load(out / "blocks" / "block_001.pt", weights_only=True)
+    state = load_file(str(out / "blocks" / "block_001.safetensors"))
     assert state["override.mlp.down_proj.codes"].dtype == torch.int8
 
 
@@ -132,6 +138,22 @@ def test_prior_position_weights():
     np.testing.assert_allclose(prior.position_weights(2).numpy(), [0.25 / 0.375, 0.5 / 0.375],
                                rtol=1e-6)  # window longer than the sequence: its tail
     assert torch.equal(Prior.uniform().position_weights(5), torch.ones(5))
+
+
+def test_uniform_prior_is_plain_mse_and_one_hot_sees_one_position():
+    gen = torch.Generator().manual_seed(0)
+    out, target = torch.randn(2, 6, 4, generator=gen), torch.randn(2, 6, 4, generator=gen)
+    uniform = Prior.uniform().position_weights(6)
+    assert weighted_mse(out, target, uniform).item() == pytest.approx(
+        torch.nn.functional.mse_loss(out, target).item())
+    one_hot = torch.zeros(6)
+    one_hot[4] = 6.0  # mean 1, all on position 4
+    changed = out.clone()
+    changed[:, :4] += 10.0  # errors elsewhere are invisible
+    assert weighted_mse(changed, target, one_hot).item() == pytest.approx(
+        weighted_mse(out, target, one_hot).item())
+    assert weighted_mse(out, target, one_hot).item() == pytest.approx(
+        6 * ((out[:, 4] - target[:, 4]) ** 2).mean().item() / 6)
 
 
 def test_weighted_mse_weights_positions():

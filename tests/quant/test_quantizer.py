@@ -73,3 +73,15 @@ def test_unsupported_bits(bits):
         check_bits(bits, "weight")
     with pytest.raises(ConfigError):
         WeightQuantizer(4, bits, learnable_clip=False)
+
+
+def test_int4_hand_computed_with_clipping():
+    x = torch.tensor([[0.7, -1.4, 0.35, 0.1, -0.05]])
+    # absmax 1.4, scale 1.4 / 7 = 0.2: codes round(x / 0.2), half to even
+    q, scale = quantize_rows(x, 4)
+    assert scale.item() == pytest.approx(0.2)
+    assert q.tolist() == [[4, -7, 2, 0, 0]]  # 3.5 -> 4, 1.75 -> 2, 0.5 -> 0, -0.25 -> 0
+    # clip 0.5: scale 0.1, and -1.4 / 0.1 = -14 saturates at -8, 0.7 -> 7
+    q, scale = quantize_rows(x, 4, clip=0.5)
+    assert scale.item() == pytest.approx(0.1)
+    assert q.tolist() == [[7, -8, 4, 1, 0]]  # 3.5 -> 4 (even), 0.5 -> 0 (even)
