@@ -17,8 +17,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .diagnose.commands import diagnose_cmd
 from .errors import FaircalibError
 from .plan import plan_cmd
+from .probe.commands import probe_cmd, probe_compare_cmd
+from .tiny.commands import train_cmd
 
 DEFAULT_MODEL = "tiny-llada"
 
@@ -100,7 +103,8 @@ def calibrate(
     method: Annotated[str, typer.Option(
         help="rtn, quarot, flatquant, fair-calib, qdrop or qdrop-weighted.")] = "fair-calib",
     prior: Annotated[Path | None, typer.Option(
-        help="Prior from `probe` (fair-calib, qdrop-weighted).")] = None,
+        help="Prior from `probe` (fair-calib, qdrop-weighted); without one, the FP model is "
+             "probed first and the prior kept in OUT.prior.")] = None,
     data: Annotated[str | None, typer.Option(
         help="Calibration text: a .txt file, a .jsonl file (text, or question/answer), or "
              "task:NAME for a tiny-model task. Default for shipped tiny models: their task.")
@@ -407,6 +411,53 @@ def tiny_list() -> None:
 
 
 app.command("plan")(plan_cmd)
+app.command("probe")(probe_cmd)
+app.command("probe-compare")(probe_compare_cmd)
+app.command("diagnose")(diagnose_cmd)
+tiny_app.command("train")(train_cmd)
+
+
+@app.command("eval")
+def eval_command(
+    model: ModelArg,
+    task: Annotated[str, typer.Option(
+        help="A tiny-model task (chain, chain1) or a benchmark: arc_easy, arc_challenge, "
+             "boolq, winogrande, piqa, gsm8k, humaneval, wikitext2.")] = "chain",
+    limit: Annotated[int | None, typer.Option(help="Number of problems to score.")] = None,
+    data: Annotated[Path | None, typer.Option(
+        help="Benchmark file (default: ../shared/data/<benchmark file>).")] = None,
+    gen_length: Annotated[int | None, typer.Option(help="Generation window.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Denoising steps.")] = None,
+    samples: Annotated[int, typer.Option(help="Monte Carlo samples per likelihood.")] = 8,
+    execute: Annotated[bool, typer.Option(
+        help="HumanEval: run the tests on completions (a subprocess with a time limit, "
+             "not a sandbox).")] = False,
+    seed: int = 0,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write JSON here.")
+                      ] = None,
+) -> None:
+    """Accuracy of a model (any kind) with its own commit policy, as JSON."""
+    from .evaluate import benchmark_names, evaluate_benchmark
+
+    if task not in benchmark_names():
+        from .tiny.commands import eval_cmd
+
+        eval_cmd(model, task=task, limit=limit or 500, gen_length=gen_length, steps=steps,
+                 seed=seed, output=output)
+        return
+    from rich.progress import Progress
+
+    opened = _open_for_generation(model, "cpu")
+    with Progress(console=err_console) as bar:
+        job = bar.add_task(f"{task}", total=limit)
+        result = evaluate_benchmark(opened, task, path=data, limit=limit, seed=seed,
+                                    samples=samples, execute=execute,
+                                    progress=lambda *a: bar.advance(job),
+                                    gen_length=gen_length, steps=steps)
+    text = json.dumps(result, indent=1)
+    console.print_json(text)
+    if output is not None:
+        output.write_text(text + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:

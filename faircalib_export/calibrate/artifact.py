@@ -113,7 +113,13 @@ def calibrate_checkpoint(
     _, mcfg = read_config(path)
     method = get_method(cfg.method)
     if method.weighted and prior is None:
-        raise ConfigError(f"--method {cfg.method} needs --prior (a directory from `probe`)")
+        # No prior given: probe the FP teacher now (Stage I defaults) and keep the result
+        # beside the artifact, so a rerun reuses it.
+        from ..probe.artifact import run_probe
+
+        prior = Path(f"{out}.prior")
+        if not (prior / "prior.json").is_file():
+            run_probe(path, data, prior, seed=cfg.seed, device=cfg.device)
     if isinstance(prior, (str, Path)):
         prior = Prior.load(prior)
     source = data or default_task(path)

@@ -1,0 +1,368 @@
+"""Masked-diffusion training of the tiny task models (LLaDA SFT objective, both families).
+
+Objective: per sample t ~ U(eps, 1); each answer-window token is replaced by the mask
+token with probability t (prompt tokens stay visible); cross-entropy on the masked
+tokens, weighted by 1/t and divided by the window length, averaged over the batch. The
+Dream-style model uses the same code: its position-aligned logits already carry the
+shift (position i read from the hidden state at i - 1).
+
+Determinism: the batch and the masks of step k are drawn from generators seeded by
+(seed, k), so a run resumed from a training checkpoint continues exactly as an
+uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..models.checkpoint import save_checkpoint
+from ..models.tiny import tiny_config
+from ..models.tokenizer_files import write_tokenizer
+from ..models.transformer import DiffusionLM
+from .card import render_card
+from .data import Batch, Encoder, make_batch, padded_vocab_size, task_tokenizer
+from .tasks import Split, get_task
+
+STATE_FILE = "train_state.pt"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    task: str = "chain"
+    window: int = 32  # answer window (generation length) in tokens
+    # model shape
+    hidden_size: int = 192
+    intermediate_size: int = 576
+    num_layers: int = 4
+    num_heads: int = 6
+    num_kv_heads: int = 6
+    # optimization
+    steps: int = 3000
+    batch_size: int = 32
+    lr: float = 1.5e-3
+    min_lr_ratio: float = 0.05  # cosine floor, as a fraction of lr
+    warmup_steps: int = 200
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.98)
+    grad_clip: float = 1.0
+    mask_eps: float = 1e-3  # lower bound of the masking ratio t
+    seed: int = 0
+    threads: int = 1  # torch CPU threads (the two shipped models train side by side)
+    # bookkeeping
+    checkpoint_every: int = 250  # steps between resumable training checkpoints
+    log_every: int = 50
+    # Accuracy on calibration-split problems while training (never the held-out split,
+    # which is only scored once, at the end); 0 turns it off.
+    monitor_every: int = 250
+    monitor_examples: int = 64
+    eval_examples: int = 500  # held-out examples scored for the model card
+
+    def __post_init__(self) -> None:
+        if self.steps <= 0 or self.batch_size <= 0:
+            raise ValueError("steps and batch_size must be positive")
+        if not 0 < self.mask_eps < 1:
+            raise ValueError(f"mask_eps must be in (0, 1), got {self.mask_eps}")
+        if self.window <= get_task(self.task).max_target_tokens():
+            raise ValueError(f"window {self.window} cannot hold the longest {self.task} target "
+                             f"({get_task(self.task).max_target_tokens()} tokens) plus EOS")
+        if self.monitor_every % self.log_every:
+            raise ValueError("monitor_every must be a multiple of log_every")
+        object.__setattr__(self, "betas", tuple(self.betas))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# The shipped models: one default config per family (the only place these values live).
+DEFAULT_CONFIGS: dict[str, TrainConfig] = {
+    "llada": TrainConfig(seed=1),
+    "dream": TrainConfig(num_kv_heads=2, intermediate_size=640, seed=2),
+}
+
+
+def default_config(family: str, **overrides) -> TrainConfig:
+    try:
+        base = DEFAULT_CONFIGS[family]
+    except KeyError:
+        raise KeyError(f"no default config for family {family!r}") from None
+    return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+
+# --- objective ---------------------------------------------------------------------------
+
+@dataclass
+class NoisedBatch:
+    input_ids: torch.Tensor  # (B, S) with masked answer tokens replaced by the mask id
+    masked: torch.Tensor  # (B, S) bool, the positions the loss is taken on
+    t: torch.Tensor  # (B,) masking ratio per sample
+
+
+def add_noise(batch: Batch, mask_id: int, eps: float, gen: torch.Generator) -> NoisedBatch:
+    """Forward process: mask each answer token with probability t ~ U(eps, 1)."""
+    b, s = batch.input_ids.shape
+    t = eps + (1 - eps) * torch.rand(b, generator=gen)  # (B,)
+    draw = torch.rand(b, s, generator=gen)  # (B, S)
+    masked = (draw < t[:, None]) & batch.answer_mask
+    return NoisedBatch(batch.input_ids.masked_fill(masked, mask_id), masked, t)
+
+
+def diffusion_loss(logits: torch.Tensor, batch: Batch, noised: NoisedBatch) -> torch.Tensor:
+    """sum over masked tokens of CE / t / window length, averaged over the batch."""
+    b = logits.shape[0]
+    masked = noised.masked  # (B, S)
+    ce = F.cross_entropy(logits[masked].float(), batch.input_ids[masked], reduction="none")  # (M,)
+    answer_len = batch.answer_mask.sum(1).clamp(min=1)  # (B,)
+    weight = (1.0 / (noised.t * answer_len))[:, None].expand_as(masked)[masked]  # (M,)
+    return (ce * weight).sum() / b
+
+
+def model_logits(model: DiffusionLM, batch: Batch, input_ids: torch.Tensor) -> torch.Tensor:
+    # Skip the pairwise mask when nothing is padded: same result, faster attention.
+    mask = None if bool(batch.attention_mask.all()) else batch.attention_mask
+    return model(input_ids, attention_mask=mask, position_ids=batch.position_ids)
+
+
+# --- schedule and data -------------------------------------------------------------------
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Linear warmup, then cosine decay to min_lr_ratio * lr (step counts from 0)."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
+
+
+def step_batch(cfg: TrainConfig, enc: Encoder, step: int) -> Batch:
+    """The training batch of `step`; a pure function of (seed, step)."""
+    task = get_task(cfg.task)
+    rng = random.Random(f"train/{cfg.seed}/{step}")
+    return make_batch(enc, [task.draw(rng, Split.TRAIN) for _ in range(cfg.batch_size)])
+
+
+def step_generator(cfg: TrainConfig, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+
+
+def build_model(family: str, cfg: TrainConfig) -> tuple[DiffusionLM, Encoder]:
+    tok = task_tokenizer(family, get_task(cfg.task))
+    enc = Encoder(family, tok, cfg.window)
+    mcfg = tiny_config(family, padded_vocab_size(tok), enc.mask_id, enc.eos_id,
+                       hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+                       num_layers=cfg.num_layers, num_heads=cfg.num_heads,
+                       num_kv_heads=cfg.num_kv_heads, max_position_embeddings=512)
+    torch.manual_seed(cfg.seed)
+    model = DiffusionLM(mcfg)
+    _init_weights(model, cfg)
+    return model, enc
+
+
+def _init_weights(model: DiffusionLM, cfg: TrainConfig) -> None:
+    """GPT-2 style init: N(0, 0.02), residual outputs scaled by 1/sqrt(2 * layers)."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    resid_std = 0.02 / math.sqrt(2 * cfg.num_layers)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+            elif name.endswith(".bias"):
+                p.zero_()
+            else:
+                std = resid_std if name.endswith(("o_proj.weight", "down_proj.weight")) else 0.02
+                p.copy_(std * torch.randn(p.shape, generator=gen))
+
+
+def make_optimizer(model: DiffusionLM, cfg: TrainConfig) -> torch.optim.AdamW:
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=cfg.betas,
+    )
+
+
+# --- training loop -----------------------------------------------------------------------
+
+@dataclass
+class TrainState:
+    step: int = 0  # number of optimizer steps taken
+    elapsed_s: float = 0.0  # training wall time, summed over resumed segments
+    loss_ema: float | None = None  # exponential moving average of the step loss
+    history: list[dict] = field(default_factory=list)  # logged (step, loss, lr) points
+
+
+def save_state(path: Path, model, opt, state: TrainState, family: str, cfg: TrainConfig) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"family": family, "config": cfg.to_dict(), "model": model.state_dict(),
+                "optimizer": opt.state_dict(), "state": asdict(state),
+                "torch_rng": torch.get_rng_state()}, tmp)
+    tmp.replace(path)  # atomic: a crash mid-write keeps the previous state
+
+
+def load_state(path: Path, model, opt, family: str, cfg: TrainConfig) -> TrainState:
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    if saved["family"] != family or saved["config"] != cfg.to_dict():
+        raise ValueError(f"{path} was written by a different run "
+                         f"({saved['family']}, {saved['config']}); refusing to resume")
+    model.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["optimizer"])
+    torch.set_rng_state(saved["torch_rng"])
+    return TrainState(**saved["state"])
+
+
+def train_steps(model: DiffusionLM, enc: Encoder, opt, cfg: TrainConfig, state: TrainState,
+                until: int, on_step=None) -> float:
+    """Run optimizer steps state.step .. until-1; returns the last step's loss."""
+    model.train()
+    loss_value = float("nan")
+    while state.step < until:
+        step = state.step
+        for group in opt.param_groups:
+            group["lr"] = lr_at(cfg, step)
+        batch = step_batch(cfg, enc, step)
+        noised = add_noise(batch, enc.mask_id, cfg.mask_eps, step_generator(cfg, step))
+        loss = diffusion_loss(model_logits(model, batch, noised.input_ids), batch, noised)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        loss_value = loss.item()
+        state.step += 1
+        if on_step is not None:
+            on_step(state, loss_value, batch)
+    return loss_value
+
+
+def monitor_accuracy(model: DiffusionLM, enc: Encoder, cfg: TrainConfig) -> float:
+    from .evaluate import DecodeSettings, evaluate_model
+
+    settings = DecodeSettings.for_family(model.cfg.family, window=cfg.window)
+    result = evaluate_model(model, enc, get_task(cfg.task), cfg.monitor_examples, settings,
+                            batch_size=cfg.monitor_examples, split=Split.CALIB, console=False)
+    return result["accuracy"]
+
+
+def default_state_dir(out_dir: str | Path) -> Path:
+    from ..models.builtin import cache_dir
+
+    return cache_dir() / "tiny-train" / Path(out_dir).resolve().name
+
+
+def train(
+    family: str,
+    out_dir: str | Path,
+    config: TrainConfig | None = None,
+    *,
+    resume: bool = False,
+    state_dir: str | Path | None = None,
+    stop_after: int | None = None,
+    console=None,
+) -> dict:
+    """Train a tiny model and write it to `out_dir` in the family's real layout.
+
+    Resumable state goes to `state_dir` every `checkpoint_every` steps (default: under
+    the cache directory). With `resume`, training continues from the state found there.
+    `stop_after` ends the run early after that many total steps, leaving the state for a
+    later resume and writing no checkpoint. Returns the `training.json` record.
+    """
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    # Imported up front so a long run never picks up a half-edited module at its end.
+    from .evaluate import DecodeSettings, evaluate_model, resolve_console
+
+    console = resolve_console(console)
+    cfg = config or default_config(family)
+    torch.set_num_threads(cfg.threads)
+    state_path = Path(state_dir or default_state_dir(out_dir)) / STATE_FILE
+    model, enc = build_model(family, cfg)
+    opt = make_optimizer(model, cfg)
+    state = TrainState()
+    if resume and state_path.is_file():
+        state = load_state(state_path, model, opt, family, cfg)
+        console.log(f"resumed from {state_path} at step {state.step}")
+    until = min(cfg.steps, stop_after) if stop_after else cfg.steps
+    console.log(f"training {family} on {cfg.task}: {model.num_parameters():,} parameters, "
+                f"steps {state.step}..{until} of {cfg.steps}, batch {cfg.batch_size}, "
+                f"{cfg.threads} thread(s)")
+
+    tokens, seg_start = 0, time.perf_counter()
+    elapsed_base = state.elapsed_s
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[tps]}"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=console) as progress:
+        bar = progress.add_task(f"{family}", total=cfg.steps, completed=state.step,
+                                loss=float("nan"), tps="")
+
+        def on_step(st: TrainState, loss: float, batch: Batch) -> None:
+            nonlocal tokens
+            tokens += batch.input_ids.numel()
+            ema = loss if st.loss_ema is None else 0.98 * st.loss_ema + 0.02 * loss
+            st.loss_ema = ema
+            seg = time.perf_counter() - seg_start
+            st.elapsed_s = elapsed_base + seg
+            progress.update(bar, completed=st.step, loss=ema, tps=f"{tokens / seg:,.0f} tok/s")
+            if st.step % cfg.log_every == 0 or st.step == cfg.steps:
+                st.history.append({"step": st.step, "loss": round(ema, 5),
+                                   "lr": lr_at(cfg, st.step - 1),
+                                   "elapsed_s": round(st.elapsed_s, 1)})
+                console.log(f"step {st.step}/{cfg.steps} loss {ema:.4f} "
+                            f"lr {lr_at(cfg, st.step - 1):.2e} {tokens / seg:,.0f} tok/s "
+                            f"elapsed {st.elapsed_s / 60:.1f} min")
+            if st.step % cfg.checkpoint_every == 0 or st.step == until:
+                save_state(state_path, model, opt, st, family, cfg)
+            if cfg.monitor_every and st.step % cfg.monitor_every == 0 and st.history:
+                acc = monitor_accuracy(model, enc, cfg)
+                st.history[-1]["calib_accuracy"] = acc
+                console.log(f"step {st.step}: calibration-split accuracy {acc:.1%} "
+                            f"({cfg.monitor_examples} problems)")
+                model.train()
+
+        train_steps(model, enc, opt, cfg, state, until, on_step)
+
+    if state.step < cfg.steps:
+        console.log(f"stopped at step {state.step}; resume with the same command and --resume")
+        return {"family": family, "config": cfg.to_dict(), "step": state.step,
+                "state": str(state_path)}
+
+    model.eval()
+    settings = DecodeSettings.for_family(family, window=cfg.window)
+    console.log(f"scoring {cfg.eval_examples} held-out examples ({settings.describe()})")
+    result = evaluate_model(model, enc, get_task(cfg.task), cfg.eval_examples, settings,
+                            console=console)
+    record = {
+        "family": family,
+        "task": cfg.task,
+        "config": cfg.to_dict(),
+        "model_config": model.cfg.to_dict(),
+        "parameters": model.num_parameters(),
+        "steps": state.step,
+        "training_time_s": round(state.elapsed_s, 1),
+        "final_loss_ema": state.history[-1]["loss"] if state.history else None,
+        "history": state.history,
+        "heldout": result,
+        "torch": torch.__version__,
+    }
+    card = render_card(record, Path(out_dir).name)
+    save_checkpoint(model, out_dir, lambda d: write_tokenizer(d, enc.tok, family),
+                    extra_files={"README.md": card,
+                                 "training.json": json.dumps(record, indent=2) + "\n"})
+    console.log(f"wrote {out_dir}: held-out accuracy {result['accuracy']:.1%} "
+                f"({result['correct']}/{result['n']})")
+    return record
