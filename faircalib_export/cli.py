@@ -23,7 +23,7 @@ from .plan import plan_cmd
 from .probe.commands import probe_cmd, probe_compare_cmd
 from .tiny.commands import train_cmd
 
-DEFAULT_MODEL = "tiny-llada"
+DEFAULT_MODEL = "llada-chain"  # shipped, trained (assets/models)
 
 app = typer.Typer(
     name="faircalib-export",

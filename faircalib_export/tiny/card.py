@@ -38,8 +38,8 @@ def _reproduce(record: dict, name: str) -> str:
     from .train import default_config
 
     family = record["family"]
-    default = json.loads(json.dumps(default_config(family).to_dict()))
-    if record["config"] != default:
+    as_json = lambda d: json.loads(json.dumps(d))  # tuples -> lists, as in training.json
+    if as_json(record["config"]) != as_json(default_config(family).to_dict()):
         return ("Trained with a non-default config (see `training.json`); "
                 "`faircalib_export.tiny.train.train` with that config reproduces it.\n")
     return ("Reproduce (deterministic on a CPU for a given torch build):\n\n"
@@ -64,9 +64,10 @@ end on a model whose decoding actually works. Weights are fp32 safetensors.
 ## Task and data
 
 Synthetic running-arithmetic chains (`faircalib_export/tiny/tasks.py`, generated, no
-licensed data): a start value 00..99 and {ops} operations of +/- 1..9 (every value stays
-within 00..99, written with two digits). The answer writes each intermediate result
-before the final one, so an early wrong commit ruins the answer:
+licensed data): a start value 00..{task.max_value} and {ops} operations of
++/- 1..{task.max_operand} (every value stays within 00..{task.max_value}, written with two
+digits). The answer writes each intermediate result before the final one, so an early
+wrong commit ruins the answer:
 
     prompt: {ex.prompt}
     answer: {ex.target}
