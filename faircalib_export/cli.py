@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .compare.commands import compare_cmd
 from .diagnose.commands import diagnose_cmd
 from .errors import FaircalibError
 from .plan import plan_cmd
@@ -414,6 +415,7 @@ app.command("plan")(plan_cmd)
 app.command("probe")(probe_cmd)
 app.command("probe-compare")(probe_compare_cmd)
 app.command("diagnose")(diagnose_cmd)
+app.command("compare")(compare_cmd)
 tiny_app.command("train")(train_cmd)
 
 

@@ -119,7 +119,10 @@ def plot_all(report: dict, directory: str | Path) -> list[Path]:
     ax2.set_title("Aligned on the first false commit (sequences with one)", fontsize=9)
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "no false commit", transform=ax.transAxes, ha="center")
     out.append(_save(fig, d / "divergence.png"))
 
     prior = report.get("prior", {}).get("weights")

@@ -57,7 +57,8 @@ def train_cmd(
 
 def eval_cmd(
     model: Annotated[str, typer.Argument(
-        help="Checkpoint directory or shipped model name (e.g. llada-chain).")],
+        help="Checkpoint directory, shipped model name (e.g. llada-chain), calibrated "
+             "artifact or folded model.")],
     task: Annotated[str, typer.Option(help="Task name (chain, chain1).")] = "chain",
     limit: Annotated[int, typer.Option(help="Number of problems to score.")] = 500,
     split: Annotated[str, typer.Option(help="heldout, calib or train.")] = "heldout",

@@ -143,19 +143,26 @@ def evaluate(model_path: str | Path, task: str = "chain", limit: int = 500, *,
              block_length: int | None = None, batch_size: int = 64, seed: int = 0,
              split: str = "heldout", dtype: str = "fp32", threads: int | None = None,
              console=None) -> dict:
-    """Load a checkpoint directory and score it on `limit` problems of `task`."""
-    from ..models.loading import load_model, load_tokenizer, read_config
+    """Score a checkpoint, calibrated artifact (fake-quant) or folded model on `limit`
+    problems of `task`; `dtype` applies to checkpoints only."""
+    from ..generate import open_model
+    from ..models.loading import load_model
     from .data import backend_tokenizer
 
     if threads:
         torch.set_num_threads(threads)
-    family, _ = read_config(model_path)
-    model = load_model(model_path, dtype=dtype)
+    opened = open_model(model_path)
+    model = opened.model
+    if opened.kind == "checkpoint" and dtype != "fp32":
+        model = load_model(opened.path, dtype=dtype)
+    elif opened.kind != "checkpoint" and dtype != "fp32":
+        raise ValueError(f"--dtype applies to checkpoints; {model_path} is {opened.kind}")
     task_obj = get_task(task)
-    tok = backend_tokenizer(load_tokenizer(model_path, family))
-    settings = DecodeSettings.for_family(family.name, window=window, steps=steps,
+    tok = backend_tokenizer(opened.tokenizer)
+    settings = DecodeSettings.for_family(opened.cfg.family, window=window, steps=steps,
                                          block_length=block_length)
-    enc = Encoder(family.name, tok, settings.window)
+    enc = Encoder(opened.cfg.family, tok, settings.window)
     result = evaluate_model(model, enc, task_obj, limit, settings, batch_size=batch_size,
                             seed=seed, split=split, console=console)
-    return {"model": str(model_path), "family": family.name, "dtype": dtype, **result}
+    return {"model": str(model_path), "kind": opened.kind, "family": opened.cfg.family,
+            "dtype": dtype, **result}

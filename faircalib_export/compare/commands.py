@@ -1,0 +1,81 @@
+"""CLI command for the method comparison, for registration on the main app.
+
+    faircalib-export compare MODEL --methods rtn,quarot,flatquant,fair-calib --seeds 3 \
+        -o REPORT_DIR [--ablations]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def compare_cmd(
+    model: Annotated[str, typer.Argument(help="FP checkpoint directory or built-in model name.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Report directory (reused on rerun).")],
+    methods: Annotated[str, typer.Option(
+        help="Comma-separated METHOD or METHOD@VARIANT (prior variants: both, frontier-only, "
+             "reliability-only, uniform-schedule, late-boost, probeN).")
+    ] = "rtn,quarot,flatquant,fair-calib",
+    seeds: Annotated[int, typer.Option(help="Calibration seeds 0..N-1 per method.")] = 3,
+    ablations: Annotated[bool, typer.Option(
+        help="Add the prior ablations: frontier-only, reliability-only, uniform and "
+             "late-boost schedules, a 16-rollout probing budget.")] = False,
+    w_bits: Annotated[int, typer.Option("--wbits", help="Weight bits.")] = 4,
+    a_bits: Annotated[int, typer.Option("--abits", help="Activation bits.")] = 4,
+    epochs: Annotated[int, typer.Option(help="Calibration epochs per block.")] = 15,
+    data: Annotated[str | None, typer.Option(
+        help="Calibration data (default: the model's own task, calibration split).")] = None,
+    calib_samples: Annotated[int | None, typer.Option(
+        help="Calibration sequences (default 64 x 128 tokens for tiny models, 128 x 1024 "
+             "for real ones).")] = None,
+    task: Annotated[str | None, typer.Option(
+        help="Accuracy: a tiny task (chain) or benchmark (gsm8k, arc_easy, ...). Default: "
+             "the model's task.")] = None,
+    limit: Annotated[int, typer.Option(help="Held-out problems per model.")] = 500,
+    samples: Annotated[int, typer.Option(help="Diagnosed sequences (paper: 32).")] = 32,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+) -> None:
+    """Calibrate, evaluate and diagnose several methods side by side; Markdown report."""
+    from .report import write_report
+    from .run import ABLATIONS, CompareConfig, parse_entries, run_compare
+
+    spec = [m for m in methods.split(",") if m.strip()] + (list(ABLATIONS) if ablations else [])
+    config = CompareConfig(entries=tuple(parse_entries(spec)), seeds=tuple(range(seeds)),
+                           w_bits=w_bits, a_bits=a_bits, epochs=epochs, data=data,
+                           calib_samples=calib_samples, task=task,
+                           limit=limit, diag_samples=samples, device=device)
+    with err_console.status("comparing") as status:
+        def step(msg: str) -> None:
+            err_console.log(msg)
+            status.update(msg)
+
+        results = run_compare(model, out, config, step, status.update)
+    report = write_report(results, Path(out))
+    console.print(summary_table(results))
+    console.print(f"wrote {report}")
+
+
+def summary_table(results: dict) -> Table:
+    from .report import DIAG_METRICS, _ms
+
+    s = results["settings"]
+    table = Table(title=f"W{s['w_bits']}A{s['a_bits']} on {Path(results['model']).name} "
+                        f"(mean ± std over seeds {s['seeds']})")
+    table.add_column("model")
+    table.add_column("accuracy", justify="right")
+    for *_, title in DIAG_METRICS[:4]:
+        table.add_column(title, justify="right")
+    table.add_row("FP", f"{results['fp']['accuracy']:.1%}", "0", "0",
+                  _ms(results["fp"]["never_agree_rate"]), "-")
+    for label, e in results["entries"].items():
+        table.add_row(label, _ms(e["accuracy"], ".1f", pct=True),
+                      *[_ms(e[key]) for key, *_ in DIAG_METRICS[:4]])
+    return table

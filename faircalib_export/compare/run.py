@@ -1,0 +1,272 @@
+"""`compare`: calibrate several methods with the same data, budget and seeds, evaluate
+each, diagnose all of them against the FP teacher, and report.
+
+    REPORT_DIR/
+      priors/<variant>-s<seed>/   Stage I priors (weighted methods only)
+      runs/<entry>-s<seed>/       calibrated artifacts, each with eval.json beside it
+      fp-eval.json                the FP teacher's accuracy
+      diagnose/                   `diagnose` over every run (seed groups = entries)
+      results.json, report.md, accuracy.png
+
+Every step is skipped when its output exists with the same settings, so a rerun (or a
+run interrupted half way) reuses finished work; calibrations resume block by block.
+
+An entry is `METHOD` or `METHOD@VARIANT`; a variant changes the Stage I prior only (the
+ablations of the paper's tables 3 and 4), see `PRIOR_VARIANTS`. Deterministic methods
+(rtn) run once whatever the number of seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..errors import ConfigError
+
+# Stage I settings of each prior variant (ProbeConfig fields; "samples" = probing budget).
+PRIOR_VARIANTS: dict[str, dict] = {
+    "both": {},  # the paper's prior: frontier-hit (early boost) + reliability
+    "frontier-only": {"lambda1": 0.0},
+    "reliability-only": {"schedule": "none"},
+    "uniform-schedule": {"schedule": "uniform"},
+    "late-boost": {"schedule": "late-boost"},
+}
+_BUDGET = re.compile(r"probe(\d+)$")  # `probeN`: the default prior from N probing rollouts
+
+# The paper-style ablation set (tables 3 and 4) added by `--ablations`.
+ABLATIONS = ("fair-calib@frontier-only", "fair-calib@reliability-only",
+             "fair-calib@uniform-schedule", "fair-calib@late-boost", "fair-calib@probe16")
+
+
+@dataclass(frozen=True)
+class Entry:
+    method: str
+    variant: str | None = None  # prior variant (weighted methods only)
+
+    @property
+    def label(self) -> str:
+        return self.method if self.variant is None else f"{self.method}@{self.variant}"
+
+    def prior_settings(self) -> dict:
+        if self.variant is None:
+            return {}
+        budget = _BUDGET.match(self.variant)
+        return {"samples": int(budget.group(1))} if budget else PRIOR_VARIANTS[self.variant]
+
+    @property
+    def prior_name(self) -> str:
+        return self.variant or "both"
+
+
+def parse_entries(spec: Sequence[str]) -> list[Entry]:
+    """`rtn,fair-calib@frontier-only,...` -> entries (validated, duplicates dropped)."""
+    from ..calibrate.methods import get_method
+
+    out: list[Entry] = []
+    for item in spec:
+        method, _, variant = item.strip().partition("@")
+        m = get_method(method)
+        if variant:
+            if not m.weighted:
+                raise ConfigError(f"{item}: prior variants apply to weighted methods only "
+                                  f"(fair-calib, qdrop-weighted)")
+            if variant not in PRIOR_VARIANTS and not _BUDGET.match(variant):
+                raise ConfigError(f"{item}: unknown prior variant {variant!r}; choose one of "
+                                  f"{', '.join(PRIOR_VARIANTS)} or probeN (N rollouts)")
+        entry = Entry(method, variant or None)
+        if entry not in out:
+            out.append(entry)
+    if not out:
+        raise ConfigError("give at least one method")
+    return out
+
+
+def seeds_for(entry: Entry, seeds: Sequence[int]) -> list[int]:
+    """rtn has no randomness (no transforms, no data-dependent step): one run."""
+    return [seeds[0]] if entry.method == "rtn" else list(seeds)
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    entries: tuple[Entry, ...]
+    seeds: tuple[int, ...] = (0, 1, 2)
+    w_bits: int = 4
+    a_bits: int = 4
+    epochs: int = 15
+    data: str | None = None  # calibration data (default: the model's own task)
+    calib_samples: int | None = None  # calibration sequences (default: calib_shape's)
+    task: str | None = None  # accuracy: tiny task name or benchmark (default: model's task)
+    limit: int = 500  # held-out problems scored per model
+    diag_samples: int = 32  # sequences for the diagnostics (paper: 32)
+    device: str = "cpu"
+    extra: dict = field(default_factory=dict)  # recorded, not interpreted
+
+    def __post_init__(self) -> None:
+        if not self.seeds:
+            raise ConfigError("give at least one seed")
+        if self.limit <= 0 or self.diag_samples <= 0:
+            raise ConfigError("limit and diag_samples must be positive")
+
+
+def run_name(entry: Entry, seed: int) -> str:
+    return f"{entry.label.replace('@', '_')}-s{seed}"
+
+
+def _load_json(file: Path) -> dict | None:
+    try:
+        return json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _write_json(file: Path, obj) -> None:
+    tmp = file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    tmp.replace(file)
+
+
+def run_compare(model: str | Path, out: str | Path, config: CompareConfig,
+                say: Callable[[str], None] = lambda msg: None,
+                detail: Callable[[str], None] = lambda msg: None) -> dict:
+    """Run (or finish) the comparison in `out`; returns the results dict. `say` reports
+    each step started, `detail` the progress within one."""
+    from ..calibrate.stage2 import CalibConfig
+    from ..models.builtin import default_task, resolve_model
+
+    path = resolve_model(model)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    task = config.task or (default_task(path) or "").removeprefix("task:") or None
+    if task is None:
+        raise ConfigError(f"{path} has no default task: pass --task (a tiny task or a "
+                          f"benchmark such as gsm8k)")
+
+    data = config.data or default_task(path)
+    if data is None:
+        raise ConfigError(f"{path} has no default calibration data: pass --data")
+    runs: list[dict] = []
+    for entry in config.entries:
+        for seed in seeds_for(entry, config.seeds):
+            cfg = CalibConfig(method=entry.method, w_bits=config.w_bits, a_bits=config.a_bits,
+                              epochs=config.epochs, seed=seed, device=config.device)
+            prior_dir = None
+            if cfg.method in _weighted():
+                prior_dir = out / "priors" / f"{entry.prior_name}-s{seed}"
+                _probe(path, config, entry, seed, prior_dir, say)
+            run_dir = out / "runs" / run_name(entry, seed)
+            _calibrate(path, config, data, cfg, prior_dir, run_dir, say, detail)
+            acc = _evaluate(run_dir, task, config, say)
+            runs.append({"entry": entry.label, "method": entry.method, "seed": seed,
+                         "path": str(run_dir), "prior": str(prior_dir) if prior_dir else None,
+                         "accuracy": acc})
+    fp_acc = _evaluate(path, task, config, say, cache=out / "fp-eval.json")
+    diag = _diagnose(path, runs, config, out, say, detail)
+    from .report import summarize
+
+    results = summarize(path, task, config, fp_acc, runs, diag)
+    _write_json(out / "results.json", results)
+    return results
+
+
+def _weighted() -> set[str]:
+    from ..calibrate.methods import METHODS
+
+    return {name for name, m in METHODS.items() if m.weighted}
+
+
+def _probe(path: Path, config: CompareConfig, entry: Entry, seed: int, prior_dir: Path,
+           say) -> None:
+    from ..probe.artifact import run_probe
+
+    settings = {**entry.prior_settings(), "seed": seed}
+    manifest = _load_json(prior_dir / "manifest.json")
+    if manifest is not None and _same_probe(manifest.get("config", {}), settings):
+        return
+    say(f"probing the FP teacher for prior {prior_dir.name}")
+    run_probe(path, None, prior_dir, device=config.device, **settings)
+
+
+def _same_probe(recorded: dict, settings: dict) -> bool:
+    for key, value in settings.items():
+        have = recorded.get("n_samples" if key == "samples" else key)
+        if have != value:
+            return False
+    return True
+
+
+def _calibrate(path: Path, config: CompareConfig, data: str, cfg, prior_dir: Path | None,
+               run_dir: Path, say, detail) -> None:
+    from ..calibrate.artifact import calibrate_checkpoint
+
+    manifest = _load_json(run_dir / "manifest.json")
+    if manifest is not None:
+        recorded = manifest.get("config", {})
+        same_prior = prior_dir is None or _load_json(prior_dir / "prior.json") is None or \
+            recorded.get("prior") == _load_json(prior_dir / "prior.json").get("weights")
+        same_samples = config.calib_samples in (None, recorded.get("n_samples"))
+        if (recorded.get("calib") == cfg.to_dict() and same_prior and same_samples
+                and recorded.get("data") == data):
+            return
+    say(f"calibrating {run_dir.name}")
+
+    def progress(block: int, phase: str, loss: float | None) -> None:
+        detail(f"calibrating {run_dir.name}: block {block} {phase}"
+            + (f" (loss {loss:.4g})" if loss is not None else ""))
+
+    calibrate_checkpoint(path, run_dir, cfg, data=data, prior=prior_dir,
+                         samples=config.calib_samples, progress=progress)
+
+
+def _evaluate(model: Path, task: str, config: CompareConfig, say, cache: Path | None = None
+              ) -> dict:
+    """Held-out accuracy, cached in `cache` (default MODEL/eval.json)."""
+    cache = cache or model / "eval.json"
+    key = {"task": task, "limit": config.limit}
+    cached = _load_json(cache)
+    if cached is not None and cached.get("key") == key:
+        return cached["result"]
+    say(f"evaluating {model.name} on {task}")
+    from ..evaluate import benchmark_names
+
+    if task in benchmark_names():
+        from ..evaluate import evaluate_benchmark
+        from ..generate import open_model
+
+        raw = evaluate_benchmark(open_model(model, config.device), task, limit=config.limit)
+        score = next(raw[k] for k in ("exact_match", "acc", "masked_ppl") if k in raw)
+        result = {"accuracy": score, "n": raw.get("n", config.limit), "raw": raw}
+    else:
+        from ..tiny.evaluate import evaluate
+
+        raw = evaluate(model, task, config.limit, console=False)
+        result = {"accuracy": raw["accuracy"], "n": raw["n"], "correct": raw["correct"]}
+    _write_json(cache, {"key": key, "result": result})
+    return result
+
+
+def _diagnose(path: Path, runs: list[dict], config: CompareConfig, out: Path, say,
+              detail) -> dict:
+    from ..artifacts import file_sha256
+    from ..diagnose.run import DiagnoseConfig, diagnose, finite_json, write_diagnose_dir
+
+    directory = out / "diagnose"
+    dconfig = DiagnoseConfig(samples=config.diag_samples)
+    students = [r["path"] for r in runs]
+    groups = [r["entry"] for r in runs]
+    # the students' manifests identify them: a recalibrated run invalidates the diagnosis
+    key = {"config": asdict(dconfig), "students": students, "groups": groups,
+           "manifests": [file_sha256(Path(p) / "manifest.json") for p in students]}
+    key_file = out / "diagnose-key.json"
+    cached = _load_json(directory / "diagnose.json")
+    if cached is not None and _load_json(key_file) == key:
+        return cached
+    say(f"diagnosing {len(students)} students against the FP teacher")
+    prior = next((r["prior"] for r in runs if r["prior"]), None)
+    report = diagnose(path, students, None, config=dconfig, prior=prior, groups=groups,
+                      device=config.device, progress=detail)
+    write_diagnose_dir(report, directory)
+    _write_json(key_file, key)
+    return finite_json(report)
