@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import tempfile
@@ -32,17 +33,9 @@ run_calibration(Path(sys.argv[1]), Path(sys.argv[2]), CalibConfig(method="flatqu
 print(peak() - before)
 """
 
-LLADA_8B = {
-    "model_type": "llada", "d_model": 4096, "n_layers": 32, "n_heads": 32, "n_kv_heads": 32,
-    "mlp_hidden_size": 12288, "vocab_size": 126464, "embedding_size": 126464,
-    "rope_theta": 500000.0, "mask_token_id": 126336, "eos_token_id": 126081,
-}
-DREAM_7B = {
-    "model_type": "Dream", "hidden_size": 3584, "intermediate_size": 18944,
-    "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
-    "vocab_size": 152064, "rope_theta": 1000000.0, "mask_token_id": 151666,
-    "eos_token_id": 151643,
-}
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "models"
+LLADA_8B = json.loads((CONFIGS / "llada-8b-instruct.json").read_text())
+DREAM_7B = json.loads((CONFIGS / "dream-7b-instruct.json").read_text())
 
 
 def main() -> None:

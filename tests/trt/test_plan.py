@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from real_configs import real_config
 from typer.testing import CliRunner
 
 from faircalib_export.info import memory_estimate
@@ -12,19 +13,7 @@ from faircalib_export.models.families import parse_config
 from faircalib_export.plan import deployment_weight_bytes, plan
 from faircalib_export.trt.errors import UnknownTargetError
 
-# the real configs' field names (as tests/test_info.py)
-LLADA_8B = {
-    "model_type": "llada", "d_model": 4096, "n_layers": 32, "n_heads": 32, "n_kv_heads": 32,
-    "mlp_hidden_size": 12288, "vocab_size": 126464, "embedding_size": 126464,
-    "rope_theta": 500000.0, "rms_norm_eps": 1e-5, "include_bias": False, "weight_tying": False,
-    "mask_token_id": 126336, "eos_token_id": 126081, "pad_token_id": 126081,
-}
-DREAM_7B = {
-    "model_type": "Dream", "hidden_size": 3584, "intermediate_size": 18944,
-    "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
-    "vocab_size": 152064, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
-    "tie_word_embeddings": False, "mask_token_id": 151666, "eos_token_id": 151643,
-}
+LLADA_8B, DREAM_7B = real_config("llada-8b-instruct"), real_config("dream-7b-instruct")
 
 
 @pytest.fixture(scope="module")
