@@ -197,24 +197,30 @@ def _same_probe(recorded: dict, settings: dict) -> bool:
     return True
 
 
+def _is_current(run_dir: Path, cfg, data: str, samples: int | None,
+                prior_dir: Path | None) -> bool:
+    """Whether `run_dir` holds a finished calibration with exactly these settings."""
+    manifest = _load_json(run_dir / "manifest.json")
+    if manifest is None:
+        return False
+    recorded = manifest.get("config", {})
+    prior = _load_json(prior_dir / "prior.json") if prior_dir is not None else None
+    return (recorded.get("calib") == cfg.to_dict() and recorded.get("data") == data
+            and samples in (None, recorded.get("n_samples"))
+            and (prior is None or recorded.get("prior") == prior["weights"]))
+
+
 def _calibrate(path: Path, config: CompareConfig, data: str, cfg, prior_dir: Path | None,
                run_dir: Path, say, detail) -> None:
     from ..calibrate.artifact import calibrate_checkpoint
 
-    manifest = _load_json(run_dir / "manifest.json")
-    if manifest is not None:
-        recorded = manifest.get("config", {})
-        same_prior = prior_dir is None or _load_json(prior_dir / "prior.json") is None or \
-            recorded.get("prior") == _load_json(prior_dir / "prior.json").get("weights")
-        same_samples = config.calib_samples in (None, recorded.get("n_samples"))
-        if (recorded.get("calib") == cfg.to_dict() and same_prior and same_samples
-                and recorded.get("data") == data):
-            return
+    if _is_current(run_dir, cfg, data, config.calib_samples, prior_dir):
+        return
     say(f"calibrating {run_dir.name}")
 
     def progress(block: int, phase: str, loss: float | None) -> None:
         detail(f"calibrating {run_dir.name}: block {block} {phase}"
-            + (f" (loss {loss:.4g})" if loss is not None else ""))
+               + (f" (loss {loss:.4g})" if loss is not None else ""))
 
     calibrate_checkpoint(path, run_dir, cfg, data=data, prior=prior_dir,
                          samples=config.calib_samples, progress=progress)
