@@ -24,6 +24,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import ConfigError
 
 # Stage I settings of each prior variant (ProbeConfig fields; "samples" = probing budget).
@@ -33,6 +35,9 @@ PRIOR_VARIANTS: dict[str, dict] = {
     "reliability-only": {"schedule": "none"},
     "uniform-schedule": {"schedule": "uniform"},
     "late-boost": {"schedule": "late-boost"},
+    # control, no probing: weight 1 over the whole window and the floor before it, i.e.
+    # FlatQuant on the window positions only (isolates the window/floor from w̄'s shape)
+    "window-flat": {"flat": True},
 }
 _BUDGET = re.compile(r"probe(\d+)$")  # `probeN`: the default prior from N probing rollouts
 
@@ -182,11 +187,28 @@ def _probe(path: Path, config: CompareConfig, entry: Entry, seed: int, prior_dir
     from ..probe.artifact import run_probe
 
     settings = {**entry.prior_settings(), "seed": seed}
+    if settings.pop("flat", False):
+        _flat_prior(path, prior_dir)
+        return
     manifest = _load_json(prior_dir / "manifest.json")
     if manifest is not None and _same_probe(manifest.get("config", {}), settings):
         return
     say(f"probing the FP teacher for prior {prior_dir.name}")
     run_probe(path, None, prior_dir, device=config.device, **settings)
+
+
+def _flat_prior(path: Path, prior_dir: Path) -> None:
+    from ..artifacts import atomic_dir
+    from ..generate import _generation_config
+    from ..models.loading import read_config
+    from ..probe.prior import Prior
+    from ..probe.stage1 import probe_shape
+
+    if (prior_dir / "prior.json").is_file():
+        return
+    _, window, _ = probe_shape(read_config(path)[1], _generation_config(path))
+    with atomic_dir(prior_dir) as tmp:
+        Prior(np.ones(window), settings={"kind": "window-flat"}).save(tmp)
 
 
 def _same_probe(recorded: dict, settings: dict) -> bool:

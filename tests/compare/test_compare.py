@@ -104,6 +104,23 @@ def shipped_llada():
         pytest.skip(f"llada-chain not available: {err}")
 
 
+def test_window_flat_control_is_ones_over_the_window_and_the_floor_before(shipped_llada,
+                                                                         tmp_path):
+    from faircalib_export.compare.run import _probe
+    from faircalib_export.probe.prior import DEFAULT_FLOOR, Prior
+
+    entry = parse_entries(["fair-calib@window-flat"])[0]
+    config = CompareConfig(entries=(entry,), seeds=(0,))
+    steps: list[str] = []
+    _probe(shipped_llada, config, entry, 0, tmp_path / "flat", steps.append)
+    prior = Prior.load(tmp_path / "flat")
+    assert steps == []  # no probing rollouts
+    assert prior.weights.tolist() == [1.0] * 32 and prior.floor == DEFAULT_FLOOR
+    w = prior.position_weights(128)
+    assert w[:96].unique().numel() == 1 and w[96:].unique().numel() == 1
+    assert float(w[96] / w[0]) == pytest.approx(1 / DEFAULT_FLOOR)
+
+
 def test_compare_end_to_end_reuses_finished_work(shipped_llada, tmp_path):
     config = CompareConfig(entries=tuple(parse_entries(["rtn", "fair-calib@probe4"])),
                            seeds=(0,), epochs=1, calib_samples=4, limit=4, diag_samples=2)
