@@ -6,8 +6,9 @@ export the W4A4 and weight-only graphs, then print
     <= 0.3x), the online transform matrices apart, and whole-model sizes including the
     optional int8 embedding + int4 head;
   - greedy decode throughput of the PyTorch eager FP32 reference loop and of ONNX
-    Runtime (W4A4, weight-only) on CPU, same prompts, policy and steps, one run each
-    after a warm-up (target: W4A4 ONNX >= 2x the PyTorch loop).
+    Runtime (W4A4 Q/DQ, W4A4 integer GEMMs, weight-only) on CPU, same prompts, policy,
+    steps and thread count, one run each after a warm-up (target: W4A4 ONNX >= 2x the
+    PyTorch loop).
 
     python benchmarks/bench_export.py [--model llada-chain --model dream-chain]
 """
@@ -78,6 +79,7 @@ def bench(name: str, tmp: Path) -> None:
     small = fold_artifact(art, tmp / f"{name}-deploy-small", embed_bits=8, head_bits=4)
     w4a4 = export_onnx(deploy, tmp / f"{name}-w4a4")
     w4a4_small = export_onnx(small, tmp / f"{name}-w4a4-small")
+    w4a4_int = export_onnx(deploy, tmp / f"{name}-w4a4-int", ExportOptions(variant="w4a4-int"))
     nbits = export_onnx(deploy, tmp / f"{name}-wo", ExportOptions(variant="weight-only"))
 
     weights, transforms = onnx_block_bytes(w4a4)
@@ -96,11 +98,12 @@ def bench(name: str, tmp: Path) -> None:
     config = fp.policy()
     print(f"decode: {len(PROMPTS)} prompts, {config.to_dict()['policy']} "
           f"{config.window} tokens in {config.steps} steps, greedy, CPU "
-          f"({torch.get_num_threads()} torch threads)")
+          f"({torch.get_num_threads()} threads for PyTorch and ONNX Runtime)")
     t_torch = decode_time(fp.backend(), fp, PROMPTS, config)
     results = {"PyTorch eager FP32": t_torch}
-    for label, d in (("ONNX Runtime W4A4", w4a4), ("ONNX Runtime weight-only", nbits)):
-        exported = open_exported(d)
+    for label, d in (("ONNX Runtime W4A4 Q/DQ", w4a4), ("ONNX Runtime W4A4 int GEMM", w4a4_int),
+                     ("ONNX Runtime weight-only", nbits)):
+        exported = open_exported(d, threads=torch.get_num_threads())  # same threads
         results[label] = decode_time(exported.backend(), exported, PROMPTS, config)
     n_tokens = len(PROMPTS) * config.window
     for label, seconds in results.items():

@@ -261,7 +261,8 @@ def export(
     target: Annotated[str, typer.Option(
         help="TensorRT target GPU profile (configs/targets).")] = "rtx4090",
     variant: Annotated[str, typer.Option(
-        help="w4a4 (int4 Q/DQ activations) or weight-only (MatMulNBits, W4A16).")] = "w4a4",
+        help="w4a4 (portable int4 Q/DQ graph), w4a4-int (same numbers with integer GEMMs: "
+             "faster on CPU) or weight-only (MatMulNBits, W4A16).")] = "w4a4",
     external_data: Annotated[bool | None, typer.Option(
         "--external-data/--inline-data",
         help="Weights in model.onnx.data beside the graph. Default: only above 1 GiB.")

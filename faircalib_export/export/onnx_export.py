@@ -6,11 +6,20 @@ Graph (opset 21, IR 10), float32 compute:
            per-position decision summaries token (int64), prob, margin, neg_entropy
            (batch, seq), so greedy decoding never fetches full-vocabulary logits.
 Per block, at each of the four sites: x' = P1 · X · P2^T on x viewed as (n1, n2) (two
-MatMuls), then dynamic per-token int4 quantization: s = clip · max|x'_row| / qmax,
-QuantizeLinear(x' / s) -> DequantizeLinear -> · s (unit-scale Q/DQ keeps the per-token
-scale a plain tensor op); weights are INT4 initializers (in, out) with per-output-channel
-DequantizeLinear. Attention is bidirectional with the pairwise padding mask of the
-PyTorch model. Embedding and head stay fp16 initializers unless folded smaller.
+MatMuls), then dynamic per-token quantization with s = clip · max|x'_row| / qmax. Two
+W4A4 forms compute the same numbers:
+- `w4a4` (default, the portable Q/DQ form): QuantizeLinear(x' / s) -> DequantizeLinear
+  -> · s (unit-scale Q/DQ keeps the per-token scale a plain tensor op); weights are INT4
+  initializers (in, out) with per-output-channel DequantizeLinear before a float MatMul.
+- `w4a4-int` (integer GEMMs, for CPUs): uint8 codes u = clamp(round(x' / s), -z, z - 1) + z
+  with z = 2^(a-1) (QuantizeLinear with zero point z, then Clip), MatMulInteger(u, W; z)
+  with exact int32 accumulation, then · s (per token) · c (per output channel). Weights
+  are the same INT4 initializers, cast to int8 by a Cast node that ONNX Runtime folds once
+  at load. It sums (q·s)(w·c) exactly instead of emulating it in float and runs ONNX
+  Runtime's int8 kernels (VNNI where the CPU has it).
+With 16-bit activations the linears are DequantizeLinear(weights) + MatMul. Attention is
+bidirectional with the pairwise padding mask of the PyTorch model. Embedding and head
+stay fp16 initializers unless folded smaller.
 
 ONNX Runtime's optimizer fuses DequantizeLinear(int4) + MatMul into MatMulNBits and by
 default runs it at accuracy level 4, which re-quantizes the activations to int8 per block
@@ -50,6 +59,9 @@ from .graph import MS_DOMAIN, GraphBuilder, int_tensor
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 RUNTIME_JSON = "runtime.json"
+# w4a4: Q/DQ graph (portable; float compute); w4a4-int: integer GEMMs (exact, fast on CPU);
+# weight-only: MatMulNBits, W4A16
+VARIANTS = ("w4a4", "w4a4-int", "weight-only")
 SUMMARY_OUTPUTS = ("token", "prob", "margin", "neg_entropy")
 EXTERNAL_DATA_BYTES = 1 << 30  # initializers above this go to an external-data file
 NBITS_BLOCK = 32
@@ -58,12 +70,13 @@ ORT_SESSION_CONFIG = {"session.qdq_matmulnbits_accuracy_level": "1"}
 
 @dataclass(frozen=True)
 class ExportOptions:
-    variant: str = "w4a4"  # w4a4 | weight-only
+    variant: str = "w4a4"  # see VARIANTS
     external_data: bool | None = None  # None: only when the weights are large
 
     def __post_init__(self) -> None:
-        if self.variant not in ("w4a4", "weight-only"):
-            raise ConfigError(f"unknown ONNX variant {self.variant!r}; use w4a4 or weight-only")
+        if self.variant not in VARIANTS:
+            raise ConfigError(f"unknown ONNX variant {self.variant!r}; use one of "
+                              f"{', '.join(VARIANTS)}")
 
 
 class _Writer:
@@ -73,10 +86,11 @@ class _Writer:
         self.b, self.meta, self.t, self.variant = b, meta, t, variant
         self.cfg = ModelConfig(**meta["model_config"])
         self.w_bits, self.a_bits = meta["w_bits"], meta["a_bits"]
-        if variant == "w4a4" and self.a_bits not in (4, 8, NO_QUANT_BITS):
+        if variant != "weight-only" and self.a_bits not in (4, 8, NO_QUANT_BITS):
             raise ConfigError(f"ONNX export supports 4, 8 or 16-bit activations, not {self.a_bits}")
         if variant == "weight-only" and self.w_bits != 4:
             raise ConfigError("the weight-only variant (MatMulNBits) needs 4-bit weights")
+        self._act_scale: dict[str, str] = {}  # uint8 activation codes -> per-token scales
 
     def np(self, name: str) -> np.ndarray:
         return self.t[name].float().numpy() if self.t[name].is_floating_point() \
@@ -107,10 +121,18 @@ class _Writer:
         # same op order as the PyTorch reference: clamp(clip * absmax, eps) / qmax
         scale = b.op("Div", [b.op("Max", [b.op("Mul", [absmax, b.const(clip)]),
                                           b.const(1e-8)]), b.const(float(qmax(self.a_bits)))])
-        zp_type = TensorProto.INT4 if self.a_bits == 4 else TensorProto.INT8
-        zp = self._zero_point(zp_type)
-        q = b.op("QuantizeLinear", [b.op("Div", [x, scale]), b.const(1.0), zp])
-        return b.op("Mul", [b.op("DequantizeLinear", [q, b.const(1.0), zp]), scale])
+        if self.variant == "w4a4":  # Q/DQ: int4 codes, dequantized before a float MatMul
+            zp = self._zero_point(TensorProto.INT4 if self.a_bits == 4 else TensorProto.INT8)
+            q = b.op("QuantizeLinear", [b.op("Div", [x, scale]), b.const(1.0), zp])
+            return b.op("Mul", [b.op("DequantizeLinear", [q, b.const(1.0), zp]), scale])
+        # w4a4-int: codes as uint8 offset by the zero point z = 2^(a-1),
+        # u = clamp(round_half_even(x / s), -z, z - 1) + z
+        z = 1 << (self.a_bits - 1)
+        u = b.op("QuantizeLinear", [b.op("Div", [x, scale]), b.const(1.0),
+                                    b.const(z, np.uint8)])
+        u = b.op("Clip", [u, b.const(0, np.uint8), b.const(2 * z - 1, np.uint8)])
+        self._act_scale[u] = scale
+        return u
 
     def _zero_point(self, elem_type: int) -> str:
         key = f"zero_point_{elem_type}"
@@ -127,14 +149,26 @@ class _Writer:
         codes = self._codes(prefix, in_features, self.w_bits)
         scale = self.np(f"{prefix}.scale")
         if self.variant == "weight-only":
-            y = self._matmul_nbits(prefix, x, codes, scale)
-        else:
-            w = b.op("DequantizeLinear", [b.init(f"{prefix}.qweight_t", int_tensor(
-                f"{prefix}.qweight_t", codes.T, self.w_bits)), b.init(f"{prefix}.scale", scale)],
-                axis=1)
+            return self._bias(prefix, self._matmul_nbits(prefix, x, codes, scale))
+        weight = b.init(f"{prefix}.qweight_t", int_tensor(f"{prefix}.qweight_t", codes.T,
+                                                           self.w_bits))  # (in, out)
+        if x in self._act_scale:  # integer GEMM, exact int32 accumulation
+            if self.w_bits <= 4:  # INT4 on disk; ORT folds the cast once at load
+                weight = b.op("Cast", [weight], to=TensorProto.INT8)
+            z = 1 << (self.a_bits - 1)
+            acc = b.op("MatMulInteger", [x, weight, b.const(z, np.uint8)])
+            y = b.op("Mul", [b.op("Mul", [b.op("Cast", [acc], to=TensorProto.FLOAT),
+                                          self._act_scale[x]]),
+                             b.init(f"{prefix}.scale", scale)])
+        else:  # Q/DQ variant or 16-bit activations: dequantized weights, float MatMul
+            w = b.op("DequantizeLinear", [weight, b.init(f"{prefix}.scale", scale)], axis=1)
             y = b.op("MatMul", [x, w])
+        return self._bias(prefix, y)
+
+    def _bias(self, prefix: str, y: str) -> str:
         bias = self.t.get(f"{prefix}.bias")
-        return y if bias is None else b.op("Add", [y, b.init(f"{prefix}.bias", bias.numpy())])
+        return y if bias is None else self.b.op("Add", [y, self.b.init(f"{prefix}.bias",
+                                                                       bias.numpy())])
 
     def _matmul_nbits(self, prefix: str, x: str, codes: np.ndarray, scale: np.ndarray) -> str:
         n, k = codes.shape

@@ -136,7 +136,7 @@ class Exported:
 
 
 def open_exported(directory: str | Path, providers: Sequence[str] | None = None,
-                  chat: bool = True) -> Exported:
+                  chat: bool = True, threads: int | None = None) -> Exported:
     directory = Path(directory)
-    backend = OnnxBackend(directory, providers)
+    backend = OnnxBackend(directory, providers, threads)
     return Exported(backend, ExportedTokenizer(directory, backend.config, chat), backend.config)

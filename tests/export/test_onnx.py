@@ -103,6 +103,26 @@ def test_weight_only_variant(exported, tmp_path):
     assert np.isfinite(logits).all()
 
 
+def test_integer_variant_computes_the_same_numbers_with_int_gemms(exported, tmp_path):
+    deploy, qdq = exported
+    out = export_onnx(deploy, tmp_path / "int", ExportOptions(variant="w4a4-int"))
+    model = onnx.load(str(out / "model.onnx"))
+    onnx.checker.check_model(model)
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("MatMulInteger") == 14 and ops.count("QuantizeLinear") == 8
+    assert "DequantizeLinear" not in ops  # no float emulation of the block matmuls
+    int4 = [t for t in model.graph.initializer
+            if t.data_type == onnx.TensorProto.INT4 and t.name.endswith("qweight_t")]
+    assert len(int4) == 14  # the file keeps 4-bit weights
+    ids, mask, pos = _inputs()
+    ref = load_deployed(deploy)(ids, mask, pos).numpy()
+    got = OnnxBackend(out).forward(ids.numpy(), mask.numpy(), pos.numpy(), "logits").logits
+    assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 1e-5
+    qdq_logits = OnnxBackend(qdq).forward(ids.numpy(), mask.numpy(), pos.numpy(),
+                                          "logits").logits
+    assert np.array_equal(got.argmax(-1), qdq_logits.argmax(-1))
+
+
 NO_TORCH = textwrap.dedent("""
     import sys
     class Block:
