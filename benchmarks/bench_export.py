@@ -1,6 +1,7 @@
 """Deployment size and CPU decode speed: FP checkpoint vs exported W4A4 ONNX.
 
-For each model: calibrate (RTN: the size and speed do not depend on the method), fold,
+For each model: quantize with the method's graph (default flatquant with its online
+Kronecker transforms, untrained: size and speed do not depend on the learned values), fold,
 export the W4A4 and weight-only graphs, then print
   - int4 block weights (codes + per-channel scales) vs the FP16 block weights (target
     <= 0.3x), the online transform matrices apart, and whole-model sizes including the
@@ -64,7 +65,7 @@ def decode_time(backend, opened, prompts, config, repeats: int = 2) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def bench(name: str, tmp: Path) -> None:
+def bench(name: str, tmp: Path, method: str) -> None:
     path = resolve_model(name)
     fp = open_model(path)
     cfg = fp.cfg
@@ -73,8 +74,8 @@ def bench(name: str, tmp: Path) -> None:
     all_params = sum(p.numel() for p in fp.model.parameters())
     tokens = torch.randint(0, cfg.vocab_size - 16, (8, 64), generator=torch.Generator()
                            .manual_seed(0))
-    art = run_calibration(path, tmp / f"{name}-rtn", CalibConfig(method="rtn"), tokens, None,
-                          "random tokens")
+    art = run_calibration(path, tmp / f"{name}-{method}", CalibConfig(method=method, epochs=0),
+                          tokens, None, "random tokens")
     deploy = fold_artifact(art, tmp / f"{name}-deploy")
     small = fold_artifact(art, tmp / f"{name}-deploy-small", embed_bits=8, head_bits=4)
     w4a4 = export_onnx(deploy, tmp / f"{name}-w4a4")
@@ -83,7 +84,7 @@ def bench(name: str, tmp: Path) -> None:
     nbits = export_onnx(deploy, tmp / f"{name}-wo", ExportOptions(variant="weight-only"))
 
     weights, transforms = onnx_block_bytes(w4a4)
-    print(f"\n== {name}: {cfg.family}, hidden {cfg.hidden_size}, intermediate "
+    print(f"\n== {name} ({method} graph): {cfg.family}, hidden {cfg.hidden_size}, intermediate "
           f"{cfg.intermediate_size}, {cfg.num_layers} layers, {all_params:,} parameters")
     print(f"block weights: FP16 {2 * block_params:,} B -> int4 + scales {weights:,} B "
           f"= {weights / (2 * block_params):.3f}x (target <= 0.3); online transforms "
@@ -115,11 +116,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", action="append",
                         help="checkpoint or built-in name (default: the shipped models)")
+    parser.add_argument("--method", default="flatquant", choices=["rtn", "quarot", "flatquant"],
+                        help="quantization graph (flatquant: online transforms at 4 sites)")
     args = parser.parse_args()
     models = args.model or shipped_models() or ["tiny-llada", "tiny-dream"]
     with tempfile.TemporaryDirectory() as tmp:
         for name in models:
-            bench(name, Path(tmp))
+            bench(name, Path(tmp), args.method)
 
 
 if __name__ == "__main__":

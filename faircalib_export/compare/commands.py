@@ -22,7 +22,7 @@ def compare_cmd(
     out: Annotated[Path, typer.Option("-o", "--out", help="Report directory (reused on rerun).")],
     methods: Annotated[str, typer.Option(
         help="Comma-separated METHOD or METHOD@VARIANT (prior variants: both, frontier-only, "
-             "reliability-only, uniform-schedule, late-boost, probeN).")
+             "reliability-only, uniform-schedule, late-boost, window-flat, probeN).")
     ] = "rtn,quarot,flatquant,fair-calib",
     seeds: Annotated[int, typer.Option(help="Calibration seeds 0..N-1 per method.")] = 3,
     ablations: Annotated[bool, typer.Option(

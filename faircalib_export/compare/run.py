@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -107,7 +107,6 @@ class CompareConfig:
     limit: int = 500  # held-out problems scored per model
     diag_samples: int = 32  # sequences for the diagnostics (paper: 32)
     device: str = "cpu"
-    extra: dict = field(default_factory=dict)  # recorded, not interpreted
 
     def __post_init__(self) -> None:
         if not self.seeds:
@@ -143,7 +142,6 @@ def run_compare(model: str | Path, out: str | Path, config: CompareConfig,
 
     path = resolve_model(model)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     task = config.task or (default_task(path) or "").removeprefix("task:") or None
     if task is None:
         raise ConfigError(f"{path} has no default task: pass --task (a tiny task or a "
@@ -152,6 +150,7 @@ def run_compare(model: str | Path, out: str | Path, config: CompareConfig,
     data = config.data or default_task(path)
     if data is None:
         raise ConfigError(f"{path} has no default calibration data: pass --data")
+    out.mkdir(parents=True, exist_ok=True)
     runs: list[dict] = []
     for entry in config.entries:
         for seed in seeds_for(entry, config.seeds):
@@ -292,6 +291,8 @@ def _diagnose(path: Path, runs: list[dict], config: CompareConfig, out: Path, sa
     if cached is not None and _load_json(key_file) == key:
         return cached
     say(f"diagnosing {len(students)} students against the FP teacher")
+    # w̄ against per-position errors: the first weighted run's prior (seed 0 of the paper's
+    # variant when it is in the comparison)
     prior = next((r["prior"] for r in runs if r["prior"]), None)
     report = diagnose(path, students, None, config=dconfig, prior=prior, groups=groups,
                       device=config.device, progress=detail)
