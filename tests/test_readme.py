@@ -61,3 +61,24 @@ def test_readme_pipeline_runs(tmp_path, monkeypatch, shared_data):
             main(argv[1:])
         assert exc.value.code in (0, None), argv
     assert (tmp_path / "work" / "runs" / "onnx" / "model.onnx").is_file()
+
+
+def test_readme_results_commands_use_real_options():
+    """The results section's `compare` commands take 40 minutes, so check what they say:
+    every option exists and every method entry parses."""
+    import typer.main
+
+    from faircalib_export.cli import app
+    from faircalib_export.compare.run import parse_entries
+
+    text = (ROOT / "README.md").read_text().split("## Results on the shipped models", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", text, re.S).group(1).replace("\\\n", " ")
+    command = typer.main.get_command(app).commands["compare"]
+    known = {opt for p in command.params for opt in p.opts}
+    runs = [shlex.split(line) for line in block.splitlines() if line.strip()]
+    assert runs and all(argv[:2] == ["faircalib-export", "compare"] for argv in runs)
+    for argv in runs:
+        options = [a for a in argv if a.startswith("-")]
+        assert set(options) <= known, set(options) - known
+        if "--methods" in argv:
+            parse_entries(argv[argv.index("--methods") + 1].split(","))
