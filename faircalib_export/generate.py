@@ -58,7 +58,7 @@ class OpenedModel:
                              pad_id=self.cfg.pad_token_id, seed=seed)
 
 
-def _generation_config(directory: Path) -> dict:
+def read_generation_config(directory: Path) -> dict:
     file = directory / "generation_config.json"
     return json.loads(file.read_text()) if file.is_file() else {}
 
@@ -70,7 +70,7 @@ def open_model(name_or_path: str | Path, device: str = "cpu") -> OpenedModel:
 
         model = load_deployed(path)
         tok = load_tokenizer(path, get_family(model.cfg.family))
-        return OpenedModel("folded", model.to(device), model.cfg, tok, _generation_config(path),
+        return OpenedModel("folded", model.to(device), model.cfg, tok, read_generation_config(path),
                            path=path)
     manifest = path / "manifest.json"
     if manifest.is_file() and json.loads(manifest.read_text()).get("kind") == "calibrated":
@@ -79,11 +79,11 @@ def open_model(name_or_path: str | Path, device: str = "cpu") -> OpenedModel:
         base = Path(read_manifest(path)["config"]["base_model"])
         model = load_quantized(path, device=device)
         return OpenedModel("calibrated", model, model.cfg, load_tokenizer(base),
-                           _generation_config(base), base, path)
+                           read_generation_config(base), base, path)
     if (path / "config.json").is_file():
         model = load_model(path, device=device)
         return OpenedModel("checkpoint", model, model.cfg, load_tokenizer(path),
-                           _generation_config(path), path, path)
+                           read_generation_config(path), path, path)
     raise CheckpointError(f"{path}: not a checkpoint, calibrated artifact or folded model")
 
 

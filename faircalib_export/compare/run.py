@@ -198,14 +198,14 @@ def _probe(path: Path, config: CompareConfig, entry: Entry, seed: int, prior_dir
 
 def _flat_prior(path: Path, prior_dir: Path) -> None:
     from ..artifacts import atomic_dir
-    from ..generate import _generation_config
+    from ..generate import read_generation_config
     from ..models.loading import read_config
     from ..probe.prior import Prior
     from ..probe.stage1 import probe_shape
 
     if (prior_dir / "prior.json").is_file():
         return
-    _, window, _ = probe_shape(read_config(path)[1], _generation_config(path))
+    _, window, _ = probe_shape(read_config(path)[1], read_generation_config(path))
     with atomic_dir(prior_dir) as tmp:
         Prior(np.ones(window), settings={"kind": "window-flat"}).save(tmp)
 

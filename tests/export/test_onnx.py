@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from helpers import padded_batch
 
 from faircalib_export.export.onnx_export import ExportOptions, export_onnx
 from faircalib_export.fold.deployed import load_deployed
@@ -25,15 +26,6 @@ def exported(calibrated, tmp_path_factory):
     root = tmp_path_factory.mktemp("onnx")
     deploy = fold_artifact(art, root / "deploy")
     return deploy, export_onnx(deploy, root / "onnx")
-
-
-def _inputs():
-    gen = torch.Generator().manual_seed(3)
-    ids = torch.randint(0, 256, (3, 17), generator=gen)
-    mask = torch.ones(3, 17, dtype=torch.long)
-    mask[1, :4] = 0
-    mask[2, :9] = 0
-    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
 
 
 def test_graph_contract(exported):
@@ -56,7 +48,7 @@ def test_graph_contract(exported):
 
 def test_onnx_matches_folded_pytorch(exported):
     deploy, out = exported
-    ids, mask, pos = _inputs()
+    ids, mask, pos = padded_batch()
     ref = load_deployed(deploy)(ids, mask, pos).numpy()
     backend = OnnxBackend(out)
     got = backend.forward(ids.numpy(), mask.numpy(), pos.numpy(), "logits").logits
@@ -98,7 +90,7 @@ def test_weight_only_variant(exported, tmp_path):
     out = export_onnx(deploy, tmp_path / "wo", ExportOptions(variant="weight-only"))
     ops = [n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node]
     assert ops.count("MatMulNBits") == 14 and "QuantizeLinear" not in ops
-    ids, mask, pos = _inputs()
+    ids, mask, pos = padded_batch()
     logits = OnnxBackend(out).forward(ids.numpy(), mask.numpy(), pos.numpy(), "logits").logits
     assert np.isfinite(logits).all()
 
@@ -114,7 +106,7 @@ def test_integer_variant_computes_the_same_numbers_with_int_gemms(exported, tmp_
     int4 = [t for t in model.graph.initializer
             if t.data_type == onnx.TensorProto.INT4 and t.name.endswith("qweight_t")]
     assert len(int4) == 14  # the file keeps 4-bit weights
-    ids, mask, pos = _inputs()
+    ids, mask, pos = padded_batch()
     ref = load_deployed(deploy)(ids, mask, pos).numpy()
     got = OnnxBackend(out).forward(ids.numpy(), mask.numpy(), pos.numpy(), "logits").logits
     assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 1e-5

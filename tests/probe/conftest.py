@@ -1,14 +1,3 @@
-"""One torch thread: the micro models gain nothing from more, and the machine is shared."""
+"""One torch thread per test (the shared autouse fixture)."""
 
-from __future__ import annotations
-
-import pytest
-import torch
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from helpers import one_torch_thread  # noqa: F401  (autouse fixture, registered here)

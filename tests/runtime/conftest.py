@@ -1,22 +1,3 @@
-"""Runtime tests use tiny tensors: one torch thread avoids OpenMP spin-waits that make
-them slow on a loaded machine. The previous setting is restored after each test."""
+"""One torch thread per test (the shared autouse fixture)."""
 
-from __future__ import annotations
-
-import sys
-
-import pytest
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    torch = sys.modules.get("torch")
-    if torch is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+from helpers import one_torch_thread  # noqa: F401  (autouse fixture, registered here)

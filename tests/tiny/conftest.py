@@ -1,13 +1,3 @@
-from __future__ import annotations
+"""One torch thread per test (the shared autouse fixture)."""
 
-import pytest
-import torch
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Micro models gain nothing from threads, and the suite may share the CPU.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from helpers import one_torch_thread  # noqa: F401  (autouse fixture, registered here)

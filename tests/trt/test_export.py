@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from helpers import padded_batch
 from onnx import numpy_helper
 from trt_plugin_ops import evaluator
 
@@ -30,17 +31,8 @@ def plugin_export(deployed, tmp_path_factory):
     return deployed, out
 
 
-def _inputs():
-    gen = torch.Generator().manual_seed(3)
-    ids = torch.randint(0, 256, (3, 17), generator=gen)
-    mask = torch.ones(3, 17, dtype=torch.long)
-    mask[1, :4] = 0
-    mask[2, :9] = 0
-    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
-
-
 def _run(model_dir, names):
-    ids, mask, pos = _inputs()
+    ids, mask, pos = padded_batch()
     feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(),
              "position_ids": pos.numpy()}
     return evaluator(onnx.load(str(model_dir / "model.onnx"))).run(names, feeds)
@@ -76,7 +68,7 @@ def test_graph_contract(plugin_export):
 
 def test_plugin_graph_matches_folded_pytorch(plugin_export):
     deploy, out = plugin_export
-    ids, mask, pos = _inputs()
+    ids, mask, pos = padded_batch()
     ref = load_deployed(deploy)(ids, mask, pos).numpy()
     logits, token, prob = _run(out, ["logits", "token", "prob"])
     assert np.linalg.norm(logits - ref) / np.linalg.norm(ref) < 1e-5
@@ -91,7 +83,7 @@ def test_fp16_head_halves_the_head(deployed, tmp_path):
     heads = {t.name: t for t in model.graph.initializer if t.name.startswith("lm_head")}
     assert list(heads) == ["lm_head.weight_t"]
     assert heads["lm_head.weight_t"].data_type == onnx.TensorProto.FLOAT16
-    ids, mask, pos = _inputs()
+    ids, mask, pos = padded_batch()
     ref = load_deployed(deployed)(ids, mask, pos).numpy()
     (logits,) = _run(out, ["logits"])
     error = np.linalg.norm(logits - ref) / np.linalg.norm(ref)

@@ -1,0 +1,36 @@
+"""Helpers shared by several test packages (imported by name: tests/ is on sys.path)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One torch thread per test: the micro models gain nothing from more, and OpenMP
+    spin-waits make them slow on a shared machine. Never imports torch itself (the
+    runtime tests prove the runtime works without it); restores the setting after."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def padded_batch():
+    """(input_ids, attention_mask, position_ids): 3 x 17 tokens, rows 2 and 3 left-padded."""
+    import torch
+
+    gen = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, 256, (3, 17), generator=gen)
+    mask = torch.ones(3, 17, dtype=torch.long)
+    mask[1, :4] = 0
+    mask[2, :9] = 0
+    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
