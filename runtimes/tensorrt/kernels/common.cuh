@@ -8,10 +8,32 @@
 
 #include "faircalib/kernels.h"
 
+// kernel<<<grid, block, sharedBytes, stream>>>, or the CPU emulator's launch
+// (runtimes/tensorrt/emulator) when built with FAIRCALIB_EMULATE. Use as
+// FAIRCALIB_LAUNCH(kernel, grid, block, sharedBytes, stream)(args...).
+#ifdef FAIRCALIB_EMULATE
+#define FAIRCALIB_LAUNCH(kernel, grid, block, sharedBytes, stream)                                                     \
+    ::faircalib_emu::launch(kernel, grid, block, sharedBytes, stream)
+#else
+#define FAIRCALIB_LAUNCH(kernel, grid, block, sharedBytes, stream) kernel<<<grid, block, sharedBytes, stream>>>
+#endif
+
 namespace faircalib
 {
 namespace detail
 {
+
+// The block's dynamic shared memory (every extern __shared__ array aliases it).
+template <typename T>
+__device__ __forceinline__ T* dynamicShared()
+{
+#ifdef FAIRCALIB_EMULATE
+    return reinterpret_cast<T*>(::faircalib_emu::dynamicShared());
+#else
+    extern __shared__ __align__(128) unsigned char faircalibDynamicShared[];
+    return reinterpret_cast<T*>(faircalibDynamicShared);
+#endif
+}
 
 template <typename T>
 __device__ __forceinline__ float toFloat(T v);

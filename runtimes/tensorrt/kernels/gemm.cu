@@ -41,6 +41,8 @@ __device__ __forceinline__ void cpAsync16(uint32_t dst, void const* src, int src
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(srcBytes));
+#elif defined(FAIRCALIB_EMULATE)
+    ::faircalib_emu::cpAsync16(dst, src, srcBytes);
 #endif
 }
 
@@ -48,6 +50,8 @@ __device__ __forceinline__ void cpAsyncCommit()
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     asm volatile("cp.async.commit_group;\n" ::);
+#elif defined(FAIRCALIB_EMULATE)
+    ::faircalib_emu::cpAsyncCommit();
 #endif
 }
 
@@ -56,6 +60,8 @@ __device__ __forceinline__ void cpAsyncWait()
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+#elif defined(FAIRCALIB_EMULATE)
+    ::faircalib_emu::cpAsyncWait(kPending);
 #endif
 }
 
@@ -65,6 +71,8 @@ __device__ __forceinline__ void ldmatrixX4(uint32_t (&r)[4], uint32_t addr)
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(addr));
+#elif defined(FAIRCALIB_EMULATE)
+    ::faircalib_emu::ldmatrixX4(r, addr);
 #endif
 }
 
@@ -76,6 +84,8 @@ __device__ __forceinline__ void mmaS4(int32_t (&c)[4], uint32_t const (&a)[4], u
         "{%0, %1, %2, %3};\n"
         : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#elif defined(FAIRCALIB_EMULATE)
+    ::faircalib_emu::mmaS4(c, a, b0, b1);
 #endif
 }
 
@@ -88,6 +98,8 @@ __device__ __forceinline__ void mmaS8(
         "{%0, %1, %2, %3};\n"
         : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#elif defined(FAIRCALIB_EMULATE)
+    ::faircalib_emu::mmaS8(c, a0, a1, a2, a3, b0, b1);
 #endif
 }
 
@@ -112,7 +124,7 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32) gemmMmaKernel(GemmParam
     constexpr int NT = WN / 8;
     static_assert(WM % 16 == 0 && WN % 16 == 0, "warp tile must hold whole m16 x n16 pieces");
 
-    extern __shared__ __align__(128) unsigned char smem[];
+    unsigned char* const smem = detail::dynamicShared<unsigned char>();
     int const tid = threadIdx.x;
     int const lane = tid & 31;
     int const warp = tid >> 5;
@@ -280,7 +292,7 @@ __global__ void gemmDp4aKernel(GemmParams p)
         {
             uint32_t const aw = a[w];
             uint32_t const bw = b[w];
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 610
+#if (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 610) || defined(FAIRCALIB_EMULATE)
             acc = __dp4a(static_cast<int>(detail::unpackLo(aw)), static_cast<int>(detail::unpackLo(bw)), acc);
             acc = __dp4a(static_cast<int>(detail::unpackHi(aw)), static_cast<int>(detail::unpackHi(bw)), acc);
 #else
@@ -302,7 +314,8 @@ cudaError_t launchMma(GemmParams const& p, cudaStream_t stream)
     constexpr int kBytes = kStages * stageBytes<BM, BN>();
     static_assert(kBytes <= 48 * 1024, "the default dynamic shared memory limit needs no opt-in");
     dim3 const grid(static_cast<unsigned>((p.m + BM - 1) / BM), static_cast<unsigned>((p.n + BN - 1) / BN));
-    gemmMmaKernel<BM, BN, WARPS_M, WARPS_N, kInt8, OutT><<<grid, WARPS_M * WARPS_N * 32, kBytes, stream>>>(p);
+    auto const kernel = gemmMmaKernel<BM, BN, WARPS_M, WARPS_N, kInt8, OutT>;
+    FAIRCALIB_LAUNCH(kernel, grid, WARPS_M * WARPS_N * 32, kBytes, stream)(p);
     return cudaGetLastError();
 }
 
@@ -327,7 +340,8 @@ cudaError_t launchPath(GemmParams const& p, GemmPath path, cudaStream_t stream)
     {
         int64_t const maxRows = 65535;
         dim3 const grid(static_cast<unsigned>((p.n + 127) / 128), static_cast<unsigned>(p.m < maxRows ? p.m : maxRows));
-        gemmDp4aKernel<OutT><<<grid, 128, 0, stream>>>(p);
+        auto const kernel = gemmDp4aKernel<OutT>;
+        FAIRCALIB_LAUNCH(kernel, grid, 128, 0, stream)(p);
         return cudaGetLastError();
     }
     case GemmPath::kAuto: break;

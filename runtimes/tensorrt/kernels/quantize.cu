@@ -72,7 +72,7 @@ __device__ __forceinline__ float blockMax(float v, float* red)
 template <typename T, bool kTransform>
 __global__ void __launch_bounds__(kThreads) quantizeKernel(QuantizeParams p, int scratch)
 {
-    extern __shared__ float smem[];
+    float* const smem = detail::dynamicShared<float>();
     __shared__ float red[32];
     float* row = smem;              // (n1, n2) row-major
     float* tmp = smem + p.dim;      // scratch
@@ -218,7 +218,7 @@ cudaError_t launchTyped(QuantizeParams const& p, cudaStream_t stream)
     int64_t const maxGrid = int64_t{1} << 20;
     unsigned const grid = static_cast<unsigned>(p.rows < maxGrid ? p.rows : maxGrid);
     int const scratch = transform ? scratchFloats(p.n1, p.n2) : 0;
-    kernel<<<grid, kThreads, bytes, stream>>>(p, scratch);
+    FAIRCALIB_LAUNCH(kernel, grid, kThreads, bytes, stream)(p, scratch);
     return cudaGetLastError();
 }
 
