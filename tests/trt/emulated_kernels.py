@@ -37,7 +37,8 @@ def build(build_dir: Path) -> Path:
     result = subprocess.run(["make", "-C", str(EMULATOR_DIR), f"BUILD={build_dir}", "-j2"],
                             capture_output=True, text=True, timeout=600)
     if result.returncode != 0:
-        raise RuntimeError(f"emulator build failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
+        raise RuntimeError("emulator build failed:\n"
+                           + result.stdout[-3000:] + result.stderr[-3000:])
     return build_dir
 
 

@@ -104,7 +104,8 @@ def test_kernels_match_the_numpy_contract(emulator):
     m, n, k = 37, 70, 200
     a = reference.pack_words(rng.integers(-8, 8, (m, k)))
     b = reference.pack_words(rng.integers(-8, 8, (n, k)))
-    sa, sb = rng.uniform(1e-3, 2e-2, m).astype(np.float32), rng.uniform(1e-3, 2e-2, n).astype(np.float32)
+    sa = rng.uniform(1e-3, 2e-2, m).astype(np.float32)
+    sb = rng.uniform(1e-3, 2e-2, n).astype(np.float32)
     bias = rng.normal(size=n).astype(np.float32)
     for dtype in reference.OUT_DTYPES:
         expect = reference.gemm(a, sa, b, sb, k, bias, dtype)
@@ -113,7 +114,8 @@ def test_kernels_match_the_numpy_contract(emulator):
             np.testing.assert_array_equal(got.view(np.uint8), np.asarray(expect).view(np.uint8))
     x = rng.normal(size=(9, 8 * 17)).astype(np.float32)
     x[:, 5] *= 30  # an outlier channel
-    p1, p2 = rng.normal(size=(8, 8)).astype(np.float32), rng.normal(size=(17, 17)).astype(np.float32)
+    p1 = rng.normal(size=(8, 8)).astype(np.float32)
+    p2 = rng.normal(size=(17, 17)).astype(np.float32)
     words, scales = kernels.quantize(x, 0.9, p1, p2)
     ref_words, ref_scales = reference.quantize(x, 0.9, p1, p2)
     np.testing.assert_array_equal(words, ref_words)
