@@ -8,14 +8,13 @@ system paths), and the CMake build.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-from trt_env import RUNTIME_DIR
+from trt_env import RUNTIME_DIR, tensorrt_include
 
 SOURCES = ["kernels/quantize.cu", "kernels/gemm.cu", "kernels/capi.cu", "tests/harness.cu"]
 ARCHS = ["80", "86", "89", "90"]
@@ -43,16 +42,6 @@ def test_kernels_compile_for_sm89(nvcc, tmp_path):
     assert spills and not any(spills), "a kernel spills registers to local memory"
 
 
-def _tensorrt_include() -> Path | None:
-    candidates = [os.environ.get("TENSORRT_INCLUDE_DIR"),
-                  os.environ.get("TENSORRT_ROOT") and os.environ["TENSORRT_ROOT"] + "/include",
-                  "/usr/include/x86_64-linux-gnu", "/usr/local/TensorRT/include"]
-    for c in candidates:
-        if c and (Path(c) / "NvInfer.h").is_file():
-            return Path(c)
-    return None
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 def test_kernels_compile_for_every_arch(nvcc, tmp_path, arch):
@@ -62,7 +51,7 @@ def test_kernels_compile_for_every_arch(nvcc, tmp_path, arch):
 
 @pytest.mark.slow
 def test_plugins_compile_and_export_entry_points(nvcc, tmp_path):
-    include = _tensorrt_include()
+    include = tensorrt_include()
     if include is None:
         pytest.skip("NvInfer.h not found (set TENSORRT_INCLUDE_DIR or TENSORRT_ROOT)")
     lib = tmp_path / "libfaircalib_trt_plugins.so"
@@ -84,7 +73,7 @@ def test_cmake_build(nvcc, tmp_path):
     build = tmp_path / "build"
     configure = ["cmake", "-S", str(RUNTIME_DIR), "-B", str(build),
                  f"-DCMAKE_CUDA_COMPILER={nvcc}", "-DCMAKE_CUDA_ARCHITECTURES=89"]
-    include = _tensorrt_include()
+    include = tensorrt_include()
     if include is not None:
         configure.append(f"-DTENSORRT_INCLUDE_DIR={include}")
     for cmd in (configure, ["cmake", "--build", str(build), "-j2"]):

@@ -9,7 +9,9 @@ what is and is not emulated):
   and as late as wait_group allows, and fibers in forward, reverse and shuffled order;
 - a kernel with a pipeline bug fails that harness (the check can fail);
 - the plugin-node ONNX graph of folded tiny models with the plugin ops computed by the
-  emulated kernels: equal to the numpy reference's run, and to the folded PyTorch model.
+  emulated kernels: equal to the numpy reference's run, and to the folded PyTorch model;
+- where TensorRT's headers are found (TENSORRT_INCLUDE_DIR / TENSORRT_ROOT): the same graph
+  through the IPluginV3 plugins themselves (tests/plugin_driver.cpp makes TensorRT's calls).
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ import re
 import shutil
 import subprocess
 
+import emulated_plugins
 import numpy as np
 import onnx
 import pytest
 from emulated_kernels import HARNESS, LIBRARY, EmulatedKernels, build, toolchain_missing
 from helpers import padded_batch
-from trt_env import RUNTIME_DIR
+from onnx.reference import ReferenceEvaluator
+from trt_env import RUNTIME_DIR, tensorrt_include
 from trt_plugin_ops import evaluator
 
 from faircalib_export.fold.deployed import load_deployed
@@ -138,3 +142,52 @@ def test_plugin_graph_on_the_emulated_kernels(emulator, deployed, tmp_path):
     assert np.linalg.norm(logits - torch_logits) / np.linalg.norm(torch_logits) < 1e-5
     np.testing.assert_array_equal(token, torch_logits.argmax(-1))
 
+
+
+@pytest.fixture(scope="module")
+def plugins(tmp_path_factory):
+    include = tensorrt_include()
+    if include is None:
+        pytest.skip("NvInfer.h not found (set TENSORRT_INCLUDE_DIR or TENSORRT_ROOT)")
+    library = emulated_plugins.build(tmp_path_factory.mktemp("plugins"), include)
+    return emulated_plugins.EmulatedPlugins(library)
+
+
+def test_plugin_graph_through_the_tensorrt_plugins(plugins, deployed, tmp_path):
+    """Each plugin node: creator lookup, fields from the node's attributes, output types and
+    shapes, formats, serialize and recreate, enqueue; the same logits as the numpy contract."""
+    out = write_plugin_onnx(deployed, tmp_path / "export", "rtx4090")
+    model = onnx.load(str(out / "model.onnx"))
+    ids, mask, pos = padded_batch()
+    feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(),
+             "position_ids": pos.numpy()}
+    ops = emulated_plugins.plugin_ops(plugins)
+    logits, token = ReferenceEvaluator(model, new_ops=ops).run(["logits", "token"], feeds)
+    ref_logits, ref_token = evaluator(model).run(["logits", "token"], feeds)
+    np.testing.assert_array_equal(logits, ref_logits)
+    np.testing.assert_array_equal(token, ref_token)
+
+
+def test_plugins_fp16_output_and_field_errors(plugins):
+    rng = np.random.default_rng(1)
+    m, n, k = 5, 24, 40
+    a = reference.pack_words(rng.integers(-8, 8, (m, k)))
+    b = reference.pack_words(rng.integers(-8, 8, (n, k)))
+    sa = rng.uniform(1e-3, 2e-2, (m, 1)).astype(np.float32)
+    sb = rng.uniform(1e-3, 2e-2, n).astype(np.float32)
+    gemm = dict(in_features=k, out_features=n, has_bias=0, out_dtype=1)
+    (y,) = plugins.run("FaircalibW4A4Gemm", gemm, [a, sa, b, sb], [((m, n), np.float16)])
+    np.testing.assert_array_equal(y, reference.gemm(a, sa, b, sb, k, None, "float16"))
+    with pytest.raises(RuntimeError, match="another type"):  # fp16 out, fp32 expected
+        plugins.run("FaircalibW4A4Gemm", gemm, [a, sa, b, sb], [((m, n), np.float32)])
+    with pytest.raises(RuntimeError, match="out_dtype must be 0"):
+        plugins.run("FaircalibW4A4Gemm", dict(gemm, out_dtype=5), [a, sa, b, sb],
+                    [((m, n), np.float32)])
+    x = rng.normal(size=(2, 3, 40)).astype(np.float32)
+    p1, p2t = np.eye(5, dtype=np.float32), np.eye(8, dtype=np.float32)
+    quant = dict(dim=40, n1=3, n2=8, has_transform=1, act_clip=0.9)
+    with pytest.raises(RuntimeError, match=r"n1 \* n2 must equal dim"):
+        plugins.run("FaircalibW4A4Quantize", quant, [x, p1, p2t],
+                    [((2, 3, 16), np.int32), ((2, 3, 1), np.float32)])
+    with pytest.raises(RuntimeError, match="no creator FaircalibW4A4Nope"):
+        plugins.run("FaircalibW4A4Nope", quant, [x], [((2, 3, 16), np.int32)])

@@ -33,3 +33,15 @@ def gpu_arch() -> str | None:
     if out.returncode != 0 or not out.stdout.strip():
         return None
     return "sm_" + out.stdout.splitlines()[0].strip().replace(".", "")
+
+
+def tensorrt_include() -> Path | None:
+    """A directory holding TensorRT's NvInfer.h (TENSORRT_INCLUDE_DIR, TENSORRT_ROOT/include
+    or the system paths), or None."""
+    candidates = [os.environ.get("TENSORRT_INCLUDE_DIR"),
+                  os.environ.get("TENSORRT_ROOT") and os.environ["TENSORRT_ROOT"] + "/include",
+                  "/usr/include/x86_64-linux-gnu", "/usr/local/TensorRT/include"]
+    for c in candidates:
+        if c and (Path(c) / "NvInfer.h").is_file():
+            return Path(c)
+    return None

@@ -21,7 +21,8 @@
 // Build: g++ -std=c++17 -O2 -ffp-contract=off -DFAIRCALIB_EMULATE -x c++
 //        -I runtimes/tensorrt/emulator/include -I runtimes/tensorrt/include
 //        <kernel sources> runtimes/tensorrt/emulator/emu.cpp
-// (this directory's cuda_runtime.h / cuda_fp16.h / cuda_bf16.h stand in for the toolkit's).
+// (this directory's cuda_runtime.h, cuda_runtime_api.h, cuda_fp16.h and cuda_bf16.h stand in
+// for the toolkit's).
 #pragma once
 
 #ifndef FAIRCALIB_EMULATE
@@ -59,6 +60,7 @@ struct dim3
 };
 
 using cudaStream_t = struct CUstream_st*;
+using cudaEvent_t = struct CUevent_st*;
 
 enum cudaError_t  // the toolkit's numeric values
 {
