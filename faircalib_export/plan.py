@@ -228,8 +228,10 @@ def _print_plan(data: dict) -> None:
 
 
 def plan_cmd(
-    model: Annotated[str, typer.Argument(
-        help="Checkpoint directory, bare config.json, or built-in model name.")],
+    model: Annotated[str | None, typer.Argument(
+        help="Checkpoint directory, bare config.json, or built-in model name.")] = None,
+    model_option: Annotated[str | None, typer.Option(
+        "--model", "-m", help="The same as MODEL, as an option.")] = None,
     target: Annotated[str, typer.Option(
         "--target", "-t", help="Target GPU (a name from configs/targets, or a JSON file).")
     ] = "rtx4090",
@@ -244,7 +246,9 @@ def plan_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Will calibration and the W4A4 TensorRT deployment fit on a target GPU?"""
-    data = plan(model, target, samples=samples, seq_len=seq_len, batch=batch,
+    if (model is None) == (model_option is None):
+        raise typer.BadParameter("give the model once: as MODEL or as --model")
+    data = plan(model or model_option, target, samples=samples, seq_len=seq_len, batch=batch,
                 max_batch=max_batch, max_seq=max_seq)
     if as_json:
         print(json.dumps(data, indent=1))

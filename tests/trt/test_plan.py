@@ -89,3 +89,10 @@ def test_plan_cmd_prints_table_and_json(configs):
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert data["target"]["name"] == "a4000" and data["deployment"]["fits"]
+    result = runner.invoke(app, ["--model", str(configs["llada"]), "--target", "rtx4090",
+                                 "--json"])  # the spelling
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["deployment"]["weights_bytes"]["block_linears_int4"] == (
+        3_489_660_928)
+    result = runner.invoke(app, ["-t", "rtx4090"])
+    assert result.exit_code == 2 and "give the model once" in result.output
