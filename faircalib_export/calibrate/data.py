@@ -9,12 +9,12 @@ practice).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from ..errors import ConfigError
+from ..jsonl import jsonl_rows
 
 
 def read_documents(source: str) -> list[str]:
@@ -30,13 +30,7 @@ def read_documents(source: str) -> list[str]:
         raise ConfigError(f"calibration data {path} not found")
     if path.suffix == ".jsonl":
         docs = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ConfigError(f"{path}:{n}: invalid JSON ({err})") from err
+        for n, row in jsonl_rows(path):
             if "text" in row:
                 docs.append(str(row["text"]))
             elif "question" in row and "answer" in row:

@@ -13,11 +13,11 @@ Formats (as in ../shared/data):
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..jsonl import jsonl_rows
 
 
 @dataclass(frozen=True)
@@ -77,13 +77,7 @@ def default_path(name: str, data_root: Path | None) -> Path:
 def _jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         raise ConfigError(f"benchmark file {path} not found")
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise ConfigError(f"{path}:{n}: invalid JSON ({err})") from err
+    rows = [row for _, row in jsonl_rows(path)]
     if not rows:
         raise ConfigError(f"benchmark file {path} is empty")
     return rows

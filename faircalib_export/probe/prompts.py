@@ -16,10 +16,10 @@ template's generation header (and the text nearest the window) survives.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..jsonl import jsonl_rows
 
 COT_INSTRUCTION = "Let's think step by step."
 TASK_PREFIX = "task:"
@@ -82,16 +82,9 @@ def _task_prompts(name: str, family: str, hf_tok, n: int, seed: int,
 def _file_prompts(path: Path, tok, n: int) -> list[list[int]]:
     from faircalib_runtime import TextDecoder
 
-    lines = path.read_text(encoding="utf-8").splitlines()
     if path.suffix == ".jsonl":
         texts = []
-        for lineno, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ConfigError(f"{path}:{lineno}: invalid JSON ({err})") from err
+        for lineno, row in jsonl_rows(path):
             if not isinstance(row, dict) or "question" not in row:
                 raise ConfigError(f"{path}:{lineno}: expected a 'question' field (GSM8K format)")
             texts.append(f"{str(row['question']).strip()}\n{COT_INSTRUCTION}")
@@ -99,6 +92,7 @@ def _file_prompts(path: Path, tok, n: int) -> list[list[int]]:
                 break
         decoder = TextDecoder(tok, chat=True)
     else:
+        lines = path.read_text(encoding="utf-8").splitlines()
         texts = [line.strip() for line in lines if line.strip()][:n]
         decoder = TextDecoder(tok, chat=False)
     if not texts:
