@@ -1,12 +1,11 @@
-"""The real checkpoints' config.json fields, from configs/models/ of the checkout."""
+"""The real checkpoints' config.json fields, from configs/models/ (package data)."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "models"
+from faircalib_export.configs_data import model_configs
 
 
 def real_config(name: str) -> dict:
-    return json.loads((CONFIGS / f"{name}.json").read_text())
+    return json.loads(model_configs()[name].read_text())

@@ -9,26 +9,31 @@ on compute capability 8.x, "int8-mma" (int4 unpacked to int8, m16n8k32 s8) on 9.
 Hopper has no int4 tensor-core MMA. `max_batch` / `max_seq` are the engine's default
 optimization-profile maxima. `memory_gib` is the total the driver reports.
 
-The directory is `$FAIRCALIB_TARGETS_DIR` when set, else `configs/targets` of the source
-checkout; `load_target` also accepts a path to a JSON file of the same form.
+The directory is `$FAIRCALIB_TARGETS_DIR` when set, else the shipped `configs/targets`
+(package data: see `faircalib_export.configs_data`); `load_target` also accepts a path to
+a JSON file of the same form.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from .. import configs_data
 from ..errors import ConfigError
 from .errors import UnknownTargetError
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 KERNEL_PATHS = ("int4-mma", "int8-mma", "dp4a")
 
 
-def targets_dir() -> Path:
-    env = os.environ.get("FAIRCALIB_TARGETS_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "configs" / "targets"
+def targets_dir() -> Traversable:
+    """`$FAIRCALIB_TARGETS_DIR` when set, else the shipped targets (a Traversable)."""
+    return configs_data.targets_dir()
 
 
 def expected_kernel_path(compute_capability: str) -> str:
@@ -76,11 +81,10 @@ class Target:
 
 
 def list_targets() -> list[str]:
-    directory = targets_dir()
-    return sorted(p.stem for p in directory.glob("*.json")) if directory.is_dir() else []
+    return list(configs_data.targets())
 
 
-def _from_file(file: Path) -> Target:
+def _from_file(file: Path | Traversable) -> Target:
     try:
         data = json.loads(file.read_text())
     except (OSError, json.JSONDecodeError) as err:
@@ -97,14 +101,14 @@ def _from_file(file: Path) -> Target:
 
 
 def load_target(name_or_path: str | Path | Target) -> Target:
-    """A target by name (`configs/targets/NAME.json`) or by JSON file path."""
+    """A target by name (`configs/targets/NAME.json`, shipped) or by JSON file path."""
     if isinstance(name_or_path, Target):
         return name_or_path
     path = Path(name_or_path)
     if path.suffix == ".json" and path.is_file():
         return _from_file(path)
-    file = targets_dir() / f"{name_or_path}.json"
-    if not file.is_file():
-        known = ", ".join(list_targets()) or f"none (no files in {targets_dir()})"
-        raise UnknownTargetError(f"unknown target {str(name_or_path)!r}; known targets: {known}")
-    return _from_file(file)
+    known = configs_data.targets()
+    if str(name_or_path) not in known:
+        names = ", ".join(known) or f"none (no files in {targets_dir()})"
+        raise UnknownTargetError(f"unknown target {str(name_or_path)!r}; known targets: {names}")
+    return _from_file(known[str(name_or_path)])
