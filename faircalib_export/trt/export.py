@@ -29,12 +29,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..artifacts import file_sha256, package_versions
+from ..artifacts import TENSORRT_VARIANT, file_sha256, package_versions
 from ..errors import ConfigError
 from .errors import EngineBuildError, PluginLibraryError, TensorRTError, TensorRTUnavailableError
 from .targets import Target, load_target
 
-VARIANT = "tensorrt-plugins"
+VARIANT = TENSORRT_VARIANT
 ENGINE_FILE = "model.engine"
 ENGINE_JSON = "engine.json"
 BUILD_LOG = "build.log"
@@ -247,10 +247,35 @@ def build_engine(export_dir: str | Path, target: str | Target | None = None, *,
         "onnx_sha256": config["model_sha256"],
     }
     _write_atomic(export_dir / ENGINE_JSON, json.dumps(metadata, indent=1) + "\n")
-    config["engine"] = {"file": ENGINE_FILE, "metadata": ENGINE_JSON, "build_log": BUILD_LOG,
-                        "max_batch": max_batch, "max_seq": max_seq}
-    _write_atomic(export_dir / "runtime.json", json.dumps(config, indent=1) + "\n")
+    record_engine(export_dir, config, max_batch=max_batch, max_seq=max_seq)
     return engine
+
+
+def record_engine(export_dir: str | Path, config: dict | None = None, *, max_batch: int,
+                  max_seq: int) -> dict:
+    """Record OUT/model.engine in OUT/runtime.json and in manifest.json's copy of it.
+
+    `config` is the export's runtime.json as read (read here when None). Each file is
+    replaced atomically, the manifest first and runtime.json, which the runtime reads, last.
+    Returns the updated runtime config.
+    """
+    from faircalib_runtime.onnx import RUNTIME_JSON
+
+    from ..artifacts import MANIFEST
+
+    export_dir = Path(export_dir)
+    if config is None:
+        config = json.loads((export_dir / RUNTIME_JSON).read_text())
+    config = dict(config, engine={"file": ENGINE_FILE, "metadata": ENGINE_JSON,
+                                  "build_log": BUILD_LOG, "max_batch": max_batch,
+                                  "max_seq": max_seq})
+    manifest_file = export_dir / MANIFEST
+    if manifest_file.is_file():  # write_export_dir's manifest records runtime.json as "config"
+        manifest = json.loads(manifest_file.read_text())
+        manifest["config"] = config
+        _write_atomic(manifest_file, json.dumps(manifest, indent=2, default=str) + "\n")
+    _write_atomic(export_dir / RUNTIME_JSON, json.dumps(config, indent=1) + "\n")
+    return config
 
 
 def export_tensorrt(deploy_dir: str | Path, out_dir: str | Path, target: str | Target, *,

@@ -5,6 +5,7 @@ errors when the engine cannot be built here."""
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import types
 
@@ -21,7 +22,12 @@ from faircalib_export.export.onnx_export import export_onnx
 from faircalib_export.fold.deployed import load_deployed, read_deploy
 from faircalib_export.trt import reference
 from faircalib_export.trt.errors import PluginLibraryError, TensorRTUnavailableError
-from faircalib_export.trt.export import build_engine, export_tensorrt, write_plugin_onnx
+from faircalib_export.trt.export import (
+    build_engine,
+    export_tensorrt,
+    record_engine,
+    write_plugin_onnx,
+)
 from faircalib_export.trt.plugin_graph import GEMM_OP, PLUGIN_DOMAIN, QUANTIZE_OP, PluginWriter
 
 
@@ -127,6 +133,26 @@ def test_build_engine_needs_the_plugin_graph(deployed, tmp_path):
     plain = export_onnx(deployed, tmp_path / "onnx")
     with pytest.raises(ConfigError, match="tensorrt"):
         build_engine(plain, "rtx4090")
+
+
+def test_a_built_engine_is_recorded_in_runtime_json_and_the_manifest(plugin_export, tmp_path):
+    """build_engine's last step (the engine build itself needs a GPU): runtime.json and
+    manifest.json's copy of it both name the engine, and nothing else in the manifest moves."""
+    _, out = plugin_export
+    export = shutil.copytree(out, tmp_path / "export")
+    before = json.loads((export / "manifest.json").read_text())
+    assert before["config"]["engine"] is None
+    returned = record_engine(export, max_batch=2, max_seq=64)
+    runtime = json.loads((export / "runtime.json").read_text())
+    manifest = json.loads((export / "manifest.json").read_text())
+    assert runtime["engine"] == {"file": "model.engine", "metadata": "engine.json",
+                                 "build_log": "build.log", "max_batch": 2, "max_seq": 64}
+    assert manifest["config"] == runtime == returned
+    assert {k: v for k, v in manifest.items() if k != "config"} == {
+        k: v for k, v in before.items() if k != "config"}
+    assert {k: v for k, v in runtime.items() if k != "engine"} == {
+        k: v for k, v in before["config"].items() if k != "engine"}
+    assert sorted(p.name for p in export.iterdir()) == sorted(p.name for p in out.iterdir())
 
 
 def test_plugin_library_is_loaded_once_per_process(tmp_path, monkeypatch):

@@ -28,25 +28,33 @@ struct GemmConfig
     int32_t hasBias = 0;
     int32_t outDtype = 0;
 
+    // The fields, in serialization order (see PluginBase in plugin_common.h).
+    template <typename Visit>
+    void forEachField(Visit&& visit) const
+    {
+        visit("in_features", inFeatures);
+        visit("out_features", outFeatures);
+        visit("has_bias", hasBias);
+        visit("out_dtype", outDtype);
+    }
+    bool read(FieldReader const& fields, std::string& why);
     bool valid(std::string& why) const;
 };
 
-class GemmPlugin : public nvinfer1::IPluginV3,
-                   public nvinfer1::IPluginV3OneCore,
-                   public nvinfer1::IPluginV3OneBuild,
-                   public nvinfer1::IPluginV3OneRuntime
+class GemmPlugin final : public PluginBase<GemmPlugin, GemmConfig>
 {
 public:
-    explicit GemmPlugin(GemmConfig const& config);
-    ~GemmPlugin() override = default;
+    static constexpr char const* kName = kGemmName;
+    static constexpr int32_t kNbOutputs = 1;
 
-    nvinfer1::IPluginCapability* getCapabilityInterface(nvinfer1::PluginCapabilityType type) noexcept override;
-    nvinfer1::IPluginV3* clone() noexcept override;
+    using PluginBase::PluginBase;
 
-    char const* getPluginName() const noexcept override;
-    char const* getPluginVersion() const noexcept override;
-    char const* getPluginNamespace() const noexcept override;
+    int32_t nbInputs() const noexcept
+    {
+        return mConfig.hasBias ? 5 : 4;
+    }
 
+    // IPluginV3OneBuild
     int32_t configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
         nvinfer1::DynamicPluginTensorDesc const* out, int32_t nbOutputs) noexcept override;
     int32_t getOutputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs,
@@ -56,47 +64,20 @@ public:
         nvinfer1::IExprBuilder& exprBuilder) noexcept override;
     bool supportsFormatCombination(int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs,
         int32_t nbOutputs) noexcept override;
-    int32_t getNbOutputs() const noexcept override;
-    size_t getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
-        nvinfer1::DynamicPluginTensorDesc const* outputs, int32_t nbOutputs) const noexcept override;
     char const* getMetadataString() noexcept override;
 
+    // IPluginV3OneRuntime
     int32_t onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs, nvinfer1::PluginTensorDesc const* out,
         int32_t nbOutputs) noexcept override;
     int32_t enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1::PluginTensorDesc const* outputDesc,
         void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept override;
-    nvinfer1::IPluginV3* attachToContext(nvinfer1::IPluginResourceContext* context) noexcept override;
-    nvinfer1::PluginFieldCollection const* getFieldsToSerialize() noexcept override;
 
 private:
-    int32_t nbInputs() const
-    {
-        return mConfig.hasBias ? 5 : 4;
-    }
-
-    GemmConfig mConfig;
     GemmPath mPath = GemmPath::kAuto;  // resolved on the first enqueue
     std::string mMetadata;
-    std::vector<nvinfer1::PluginField> mSerialFields;
-    nvinfer1::PluginFieldCollection mSerial{};
 };
 
-class GemmPluginCreator : public nvinfer1::IPluginCreatorV3One
-{
-public:
-    GemmPluginCreator();
-    ~GemmPluginCreator() override = default;
-
-    char const* getPluginName() const noexcept override;
-    char const* getPluginVersion() const noexcept override;
-    char const* getPluginNamespace() const noexcept override;
-    nvinfer1::PluginFieldCollection const* getFieldNames() noexcept override;
-    nvinfer1::IPluginV3* createPlugin(
-        char const* name, nvinfer1::PluginFieldCollection const* fc, nvinfer1::TensorRTPhase phase) noexcept override;
-
-private:
-    FieldList mFields;
-};
+using GemmPluginCreator = PluginCreator<GemmPlugin>;
 
 }  // namespace plugin
 }  // namespace faircalib

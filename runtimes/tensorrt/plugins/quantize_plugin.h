@@ -26,26 +26,32 @@ struct QuantizeConfig
     int32_t hasTransform = 0;
     float actClip = 1.0F;
 
+    // The fields, in serialization order (see PluginBase in plugin_common.h).
+    template <typename Visit>
+    void forEachField(Visit&& visit) const
+    {
+        visit("dim", dim);
+        visit("n1", n1);
+        visit("n2", n2);
+        visit("has_transform", hasTransform);
+        visit("act_clip", actClip);
+    }
+    bool read(FieldReader const& fields, std::string& why);
     bool valid(std::string& why) const;
 };
 
-class QuantizePlugin : public nvinfer1::IPluginV3,
-                       public nvinfer1::IPluginV3OneCore,
-                       public nvinfer1::IPluginV3OneBuild,
-                       public nvinfer1::IPluginV3OneRuntime
+class QuantizePlugin final : public PluginBase<QuantizePlugin, QuantizeConfig>
 {
 public:
-    explicit QuantizePlugin(QuantizeConfig const& config);
-    ~QuantizePlugin() override = default;
+    static constexpr char const* kName = kQuantizeName;
+    static constexpr int32_t kNbOutputs = 2;
 
-    // IPluginV3
-    nvinfer1::IPluginCapability* getCapabilityInterface(nvinfer1::PluginCapabilityType type) noexcept override;
-    nvinfer1::IPluginV3* clone() noexcept override;
+    using PluginBase::PluginBase;
 
-    // IPluginV3OneCore
-    char const* getPluginName() const noexcept override;
-    char const* getPluginVersion() const noexcept override;
-    char const* getPluginNamespace() const noexcept override;
+    int32_t nbInputs() const noexcept
+    {
+        return mConfig.hasTransform ? 3 : 1;
+    }
 
     // IPluginV3OneBuild
     int32_t configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
@@ -57,45 +63,15 @@ public:
         nvinfer1::IExprBuilder& exprBuilder) noexcept override;
     bool supportsFormatCombination(int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs,
         int32_t nbOutputs) noexcept override;
-    int32_t getNbOutputs() const noexcept override;
-    size_t getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
-        nvinfer1::DynamicPluginTensorDesc const* outputs, int32_t nbOutputs) const noexcept override;
 
     // IPluginV3OneRuntime
     int32_t onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs, nvinfer1::PluginTensorDesc const* out,
         int32_t nbOutputs) noexcept override;
     int32_t enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1::PluginTensorDesc const* outputDesc,
         void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept override;
-    nvinfer1::IPluginV3* attachToContext(nvinfer1::IPluginResourceContext* context) noexcept override;
-    nvinfer1::PluginFieldCollection const* getFieldsToSerialize() noexcept override;
-
-private:
-    int32_t nbInputs() const
-    {
-        return mConfig.hasTransform ? 3 : 1;
-    }
-
-    QuantizeConfig mConfig;
-    std::vector<nvinfer1::PluginField> mSerialFields;
-    nvinfer1::PluginFieldCollection mSerial{};
 };
 
-class QuantizePluginCreator : public nvinfer1::IPluginCreatorV3One
-{
-public:
-    QuantizePluginCreator();
-    ~QuantizePluginCreator() override = default;
-
-    char const* getPluginName() const noexcept override;
-    char const* getPluginVersion() const noexcept override;
-    char const* getPluginNamespace() const noexcept override;
-    nvinfer1::PluginFieldCollection const* getFieldNames() noexcept override;
-    nvinfer1::IPluginV3* createPlugin(
-        char const* name, nvinfer1::PluginFieldCollection const* fc, nvinfer1::TensorRTPhase phase) noexcept override;
-
-private:
-    FieldList mFields;
-};
+using QuantizePluginCreator = PluginCreator<QuantizePlugin>;
 
 }  // namespace plugin
 }  // namespace faircalib
