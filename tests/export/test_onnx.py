@@ -1,5 +1,6 @@
 """ONNX export: graph contract, numerics against the folded PyTorch model, the runtime
-backend, external data, the weight-only variant, and torch-free generation."""
+backend, external data, the weight-only variant (its 4-bit weights and W4A16 logits
+against the folded weights dequantized), and torch-free generation."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 from helpers import padded_batch
 
 from faircalib_export.export.onnx_export import ExportOptions, export_onnx
-from faircalib_export.fold.deployed import load_deployed
+from faircalib_export.fold.deployed import DeployedModel, codes_of, load_deployed, read_deploy
 from faircalib_export.fold.fold import fold_artifact
 from faircalib_runtime import generate
 from faircalib_runtime.onnx import ExportError, OnnxBackend, open_exported
@@ -85,14 +86,49 @@ def test_external_data_and_missing_file(exported, tmp_path):
         OnnxBackend(out)
 
 
+def _weight_only_reference(deploy):
+    """The folded model with W4 weights (codes * scale) and unquantized activations
+    (a_bits 16: the deploy format's 'no activation quantization')."""
+    meta, tensors = read_deploy(deploy)
+    return DeployedModel({**meta, "a_bits": 16}, tensors)
+
+
 def test_weight_only_variant(exported, tmp_path):
     deploy, _ = exported
     out = export_onnx(deploy, tmp_path / "wo", ExportOptions(variant="weight-only"))
-    ops = [n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node]
+    graph = onnx.load(str(out / "model.onnx")).graph
+    ops = [n.op_type for n in graph.node]
     assert ops.count("MatMulNBits") == 14 and "QuantizeLinear" not in ops
-    ids, mask, pos = padded_batch()
-    logits = OnnxBackend(out).forward(ids.numpy(), mask.numpy(), pos.numpy(), "logits").logits
-    assert np.isfinite(logits).all()
+
+    # the 4-bit blocks decode (zero point 8, low nibble first) to the folded weights
+    meta, tensors = read_deploy(deploy)
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+    for node in (n for n in graph.node if n.op_type == "MatMulNBits"):
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        k, n = attrs["K"], attrs["N"]
+        packed, scales = inits[node.input[1]], inits[node.input[2]]
+        nibbles = np.stack([packed & 0x0F, packed >> 4], -1).reshape(n, -1)[:, :k]
+        block_scales = np.repeat(scales.reshape(n, -1), attrs["block_size"], axis=1)
+        w = (nibbles.astype(np.float32) - 8) * block_scales[:, :k]
+        prefix = node.input[1].removesuffix(".nbits")
+        ref = codes_of(tensors, prefix, k, meta["w_bits"]).float() \
+            * tensors[f"{prefix}.scale"].float()[:, None]
+        np.testing.assert_array_equal(w, ref.numpy(), err_msg=prefix)
+
+    # end to end: W4A16 logits, as the folded weights dequantized with float activations
+    backend = OnnxBackend(out)
+    reference = _weight_only_reference(deploy)
+    w4a4 = load_deployed(deploy)
+    for seed in (0, 1, 2):
+        ids, mask, pos = padded_batch()
+        ids = torch.randint(0, 256, ids.shape, generator=torch.Generator().manual_seed(seed))
+        got = backend.forward(ids.numpy(), mask.numpy(), pos.numpy(), "logits").logits
+        ref = reference(ids, mask, pos).numpy()
+        err = np.linalg.norm(got - ref) / np.linalg.norm(ref)
+        assert err < 1e-5, (seed, err)
+        # activations stay unquantized: the W4A4 numbers are measurably further away
+        act_q = w4a4(ids, mask, pos).numpy()
+        assert np.linalg.norm(got - act_q) / np.linalg.norm(act_q) > 1e-2
 
 
 def test_integer_variant_computes_the_same_numbers_with_int_gemms(exported, tmp_path):
