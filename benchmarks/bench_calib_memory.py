@@ -17,11 +17,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+from faircalib_export.configs_data import model_configs
+
 CHILD = r"""
 import sys, torch
 from pathlib import Path
 from faircalib_export.calibrate.artifact import run_calibration
-from faircalib_export.calibrate.stage2 import CalibConfig
+from faircalib_export.calibrate.config import CalibConfig
 torch.manual_seed(0)
 def peak():
     line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM"))
@@ -33,12 +35,13 @@ run_calibration(Path(sys.argv[1]), Path(sys.argv[2]), CalibConfig(method="flatqu
 print(peak() - before)
 """
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "models"
-LLADA_8B = json.loads((CONFIGS / "llada-8b-instruct.json").read_text())
-DREAM_7B = json.loads((CONFIGS / "dream-7b-instruct.json").read_text())
+CONFIGS = model_configs()  # configs/models, package data
+LLADA_8B = json.loads(CONFIGS["llada-8b-instruct"].read_text())
+DREAM_7B = json.loads(CONFIGS["dream-7b-instruct"].read_text())
 
 
 def main() -> None:
+    from faircalib_export.calibrate.config import PAPER_RECIPE, CalibConfig
     from faircalib_export.calibrate.memory import calibration_plan
     from faircalib_export.models.families import parse_config
     from faircalib_export.models.tiny import write_tiny_checkpoint
@@ -58,8 +61,11 @@ def main() -> None:
     print(f"ratio 2L / L = {growth[2 * layers] / growth[layers]:.3f} (target <= 1.15)")
 
     for name, raw in (("LLaDA-8B", LLADA_8B), ("Dream-7B", DREAM_7B)):
-        plan = calibration_plan(parse_config(raw), samples=128, seq_len=1024, batch=4)
-        print(f"\n{name} Stage II plan (128 x 1024 tokens, batch 4, fp32 compute), GiB:")
+        r, batch = PAPER_RECIPE, CalibConfig.batch_size
+        plan = calibration_plan(parse_config(raw), samples=r.samples, seq_len=r.seq_len,
+                                batch=batch)
+        print(f"\n{name} Stage II plan ({r.samples} x {r.seq_len} tokens, batch {batch}, "
+              f"fp32 compute), GiB:")
         for key, value in plan.items():
             print(f"  {key:<30} {value:8.3f}")
 

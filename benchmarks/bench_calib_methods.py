@@ -19,8 +19,8 @@ from pathlib import Path
 CHILD = r"""
 import json, sys, time
 from pathlib import Path
-from faircalib_export.calibrate.artifact import calibrate_checkpoint
-from faircalib_export.calibrate.stage2 import CalibConfig
+from faircalib_export.calibrate.entry import calibrate_checkpoint
+from faircalib_export.calibrate.config import CalibConfig
 from faircalib_export.probe.artifact import run_probe
 model, method, out, threads = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
 import torch

@@ -25,11 +25,11 @@ import onnx
 import torch
 
 from faircalib_export.calibrate.artifact import run_calibration
-from faircalib_export.calibrate.stage2 import CalibConfig
+from faircalib_export.calibrate.config import CalibConfig
 from faircalib_export.export.onnx_export import ExportOptions, export_onnx
 from faircalib_export.fold.fold import fold_artifact
-from faircalib_export.generate import open_model
 from faircalib_export.models.builtin import resolve_model, shipped_models
+from faircalib_export.opener import open_model
 from faircalib_runtime import generate
 from faircalib_runtime.onnx import open_exported
 

@@ -31,8 +31,8 @@ def split_half(per_sample: np.ndarray, n: int, rng: np.random.Generator) -> floa
 def main() -> None:
     import torch
 
-    from faircalib_export.generate import open_model
     from faircalib_export.models.builtin import default_task, resolve_model, shipped_models
+    from faircalib_export.opener import open_model
     from faircalib_export.probe.config import ProbeConfig
     from faircalib_export.probe.prompts import load_prompts
     from faircalib_export.probe.stage1 import max_normalize_rows, probe, probe_shape

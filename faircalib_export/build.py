@@ -3,9 +3,11 @@
     OUT/prior        Stage I prior (weighted methods only)
     OUT/calibrated   Stage II artifact
     OUT/deploy       folded int4 model
-    OUT/onnx         W4A4 ONNX graph for ONNX Runtime (always)
+    OUT/onnx         W4A4 ONNX graph for ONNX Runtime (always; `w4a4-int` on CPU)
     OUT/tensorrt     plugin graph + engine (when tensorrt and the plugin library exist)
     OUT/validation   report.json / report.md (exported ONNX vs calibrated PyTorch)
+    OUT/quality.json the quantized model against the FP one: held-out accuracy of both
+                     (models with a task) and teacher-forced KL, top-1 agreement, flips
     OUT/build.json   the settings and outcome of every stage
 
 Each stage writes its directory atomically; a re-run skips a stage whose directory is
@@ -23,9 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .artifacts import MANIFEST
-from .errors import FaircalibError
+from .errors import ConfigError, FaircalibError
 
 BUILD_JSON = "build.json"
+QUALITY_JSON = "quality.json"
+QUALITY_PROBLEMS = 200  # held-out problems scored for FP vs W4A4 accuracy
+QUALITY_PROMPTS = 32  # prompts of the teacher-forced FP vs W4A4 comparison
+VARIANTS = ("auto", "w4a4", "w4a4-int")
 
 
 @dataclass
@@ -33,15 +39,30 @@ class BuildSettings:
     method: str = "fair-calib"
     data: str | None = None  # calibration text (default: a tiny model's task)
     probe_data: str | None = None  # probing prompts (default: same as data)
-    samples: int | None = None
+    samples: int | None = None  # calibration sequences (default: the model's recipe)
     seq_len: int | None = None
-    epochs: int = 15
+    epochs: int | None = None
     seed: int = 0
     device: str = "cpu"
     probe_samples: int | None = None
     validate_prompts: int = 32
+    quality_problems: int = QUALITY_PROBLEMS  # 0: skip the FP vs W4A4 comparison
+    variant: str = "auto"  # ONNX variant; auto: w4a4-int (integer GEMMs) on CPU, else w4a4
     tensorrt: bool = True
     policy: dict = field(default_factory=dict)  # decoding overrides for validation
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ConfigError(f"unknown ONNX variant {self.variant!r} for build; "
+                              f"choose one of {', '.join(VARIANTS)}")
+        if self.validate_prompts < 1 or self.quality_problems < 0:
+            raise ConfigError("validate_prompts must be >= 1 and quality_problems >= 0")
+
+    @property
+    def onnx_variant(self) -> str:
+        if self.variant != "auto":
+            return self.variant
+        return "w4a4-int" if self.device == "cpu" else "w4a4"
 
 
 @dataclass
@@ -52,25 +73,39 @@ class StageResult:
     detail: str = ""
 
 
+@dataclass
+class BuildResult:
+    stages: list[StageResult]
+    validation: dict
+    quality: dict | None
+    out: Path
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.validation["passed"])
+
+
 def _complete(directory: Path) -> bool:
     return (directory / MANIFEST).is_file()
 
 
 def run_build(model: str, target: str, out: str | Path, settings: BuildSettings,
-              log: Callable[[str], None] = print) -> tuple[list[StageResult], dict | None]:
-    """Run every stage; returns the stage results and the validation report."""
-    from .calibrate.artifact import calibrate_checkpoint
+              log: Callable[[str], None] = print) -> BuildResult:
+    """Run every stage; returns the stage results, the validation report and the quality."""
+    from .calibrate.config import CalibConfig
+    from .calibrate.entry import calibrate_checkpoint
     from .calibrate.methods import get_method
-    from .calibrate.stage2 import CalibConfig
-    from .export.onnx_export import export_onnx
+    from .export.onnx_export import ExportOptions, export_onnx
     from .fold.fold import fold_artifact
     from .models.builtin import resolve_model
+    from .models.loading import read_config
     from .trt.targets import load_target
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     model_path = resolve_model(model)
     target_profile = load_target(target)
+    hidden = read_config(model_path)[1].hidden_size
+    out.mkdir(parents=True, exist_ok=True)
     record_file = out / BUILD_JSON
     previous = json.loads(record_file.read_text())["stages"] if record_file.is_file() else {}
     record: dict = {"model": str(model_path), "target": target_profile.name, "stages": {}}
@@ -106,17 +141,20 @@ def run_build(model: str, target: str, out: str | Path, settings: BuildSettings,
                                     device=settings.device).prior.weights.shape[0])
               + " window positions")
     cfg = CalibConfig(method=settings.method, epochs=settings.epochs, seed=settings.seed,
-                      device=settings.device)
+                      device=settings.device).resolved(hidden)
     calib_settings = {"calib": cfg.to_dict(), "data": settings.data,
                       "samples": settings.samples, "seq_len": settings.seq_len}
     stage("calibrate", out / "calibrated", calib_settings,
-          lambda: str(calibrate_checkpoint(
+          lambda: f"{cfg.method}, {cfg.epochs} epochs per block: " + str(calibrate_checkpoint(
               model_path, out / "calibrated", cfg, data=settings.data,
               prior=prior_dir if method.weighted else None, samples=settings.samples,
               seq_len=settings.seq_len)))
     stage("fold", out / "deploy", {}, lambda: str(fold_artifact(out / "calibrated",
                                                                 out / "deploy")))
-    stage("onnx", out / "onnx", {}, lambda: str(export_onnx(out / "deploy", out / "onnx")))
+    variant = settings.onnx_variant
+    stage("onnx", out / "onnx", {"variant": variant},
+          lambda: variant + " " + str(export_onnx(out / "deploy", out / "onnx",
+                                                  ExportOptions(variant=variant))))
 
     if settings.tensorrt:
         start = time.time()
@@ -129,24 +167,31 @@ def run_build(model: str, target: str, out: str | Path, settings: BuildSettings,
             results.append(StageResult("tensorrt", "unavailable", time.time() - start,
                                        str(err).split(";")[0]))
 
+    start = time.time()
+    log("[validate] exported ONNX against the calibrated model")
     report = _validate(out, settings)
     ok = report["passed"]
-    results.append(StageResult("validate", "done" if ok else "failed", 0.0,
+    results.append(StageResult("validate", "done" if ok else "failed", time.time() - start,
                                ", ".join(f"{k} {v:.4g}" for k, v in report["metrics"].items()
                                          if k in ("top1_agreement", "decode_identical_rate"))))
+    quality = None
+    if settings.quality_problems:
+        start = time.time()
+        log("[quality] quantized against full precision")
+        quality = _quality(model_path, out, settings)
+        results.append(StageResult("quality", "done", time.time() - start,
+                                   _quality_line(quality)))
     record["validation_passed"] = ok
     record_file.write_text(json.dumps(record, indent=1) + "\n")
-    return results, report
+    return BuildResult(results, report, quality, out)
 
 
 def _validate(out: Path, settings: BuildSettings) -> dict:
-    from faircalib_runtime.onnx import open_exported
-
-    from .generate import open_model
+    from .opener import open_model
     from .validate import default_prompts, markdown, validate
 
     reference = open_model(out / "calibrated")
-    exported = open_exported(out / "onnx")
+    exported = open_model(out / "onnx")
     report = validate(reference, exported, default_prompts(reference, settings.validate_prompts),
                       **settings.policy)
     (out / "validation").mkdir(exist_ok=True)
@@ -154,3 +199,40 @@ def _validate(out: Path, settings: BuildSettings) -> dict:
     (out / "validation" / "report.md").write_text(
         markdown(report, str(out / "calibrated"), str(out / "onnx")))
     return report
+
+
+def _quality(model_path: Path, out: Path, settings: BuildSettings) -> dict:
+    """The exported W4A4 model against the FP checkpoint: what quantization cost."""
+    from .models.builtin import default_task
+    from .opener import open_model
+    from .validate import compare_models, default_prompts
+
+    fp, quantized = open_model(model_path, settings.device), open_model(out / "onnx")
+    prompts = default_prompts(fp, QUALITY_PROMPTS)
+    metrics, _ = compare_models(fp, quantized, prompts, **settings.policy)
+    quality: dict = {"teacher_forced": {k: metrics[k] for k in (
+        "prompts", "kl_mean", "top1_agreement", "flips_per_sequence_mean",
+        "decode_identical_rate")}}
+    task = default_task(model_path)
+    if task is not None:
+        from .tiny.evaluate import evaluate
+
+        name, n = task.removeprefix("task:"), settings.quality_problems
+        accuracy = {}
+        for label, target in (("fp", model_path), ("w4a4", out / "onnx")):
+            result = evaluate(target, name, n, console=False)
+            accuracy[label] = {"accuracy": result["accuracy"], "correct": result["correct"],
+                               "n": result["n"]}
+        quality["heldout"] = {"task": name, **accuracy}
+    (out / QUALITY_JSON).write_text(json.dumps(quality, indent=1) + "\n")
+    return quality
+
+
+def _quality_line(quality: dict) -> str:
+    tf = quality["teacher_forced"]
+    line = f"KL {tf['kl_mean']:.4f}, top-1 {tf['top1_agreement']:.3f}"
+    if "heldout" in quality:
+        h = quality["heldout"]
+        line = (f"{h['task']} accuracy FP {h['fp']['accuracy']:.1%} -> W4A4 "
+                f"{h['w4a4']['accuracy']:.1%} ({h['w4a4']['n']} problems), " + line)
+    return line

@@ -17,12 +17,15 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .build import QUALITY_PROBLEMS
+from .calibrate.config import CalibConfig
 from .compare.commands import compare_cmd
 from .diagnose.commands import diagnose_cmd
 from .errors import FaircalibError
 from .plan import plan_cmd
 from .probe.commands import probe_cmd, probe_compare_cmd
 from .tiny.commands import train_cmd
+from .validate import Thresholds
 
 DEFAULT_MODEL = "llada-chain"  # shipped, trained (assets/models)
 
@@ -31,9 +34,11 @@ app = typer.Typer(
     help="FAIR-Calib W4A4 quantization and edge export for diffusion LLMs (LLaDA, Dream).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",  # docstring paragraphs are re-wrapped to the terminal
     add_completion=False,
 )
 tiny_app = typer.Typer(help="Tiny LLaDA / Dream checkpoints for tests, examples and CI.",
+                       rich_markup_mode="markdown",
                        no_args_is_help=True)
 app.add_typer(tiny_app, name="tiny")
 
@@ -110,11 +115,14 @@ def calibrate(
         help="Calibration text: a .txt file, a .jsonl file (text, or question/answer), or "
              "task:NAME for a tiny-model task. Default for shipped tiny models: their task.")
     ] = None,
-    samples: Annotated[int | None, typer.Option(help="Calibration sequences.")] = None,
-    seq_len: Annotated[int | None, typer.Option(help="Tokens per sequence.")] = None,
-    epochs: int = 15,
-    batch_size: int = 4,
-    lr: float = 5e-3,
+    samples: Annotated[int | None, typer.Option(
+        help="Calibration sequences (default: the model's recipe).")] = None,
+    seq_len: Annotated[int | None, typer.Option(
+        help="Tokens per sequence (default: the model's recipe).")] = None,
+    epochs: Annotated[int | None, typer.Option(
+        help="Epochs per block (default: the model's recipe).")] = None,
+    batch_size: int = CalibConfig.batch_size,
+    lr: float = CalibConfig.lr,
     w_bits: Annotated[int, typer.Option("--wbits", "--w-bits", help="Weight bits (2-8).")] = 4,
     a_bits: Annotated[int, typer.Option("--abits", "--a-bits",
                                         help="Activation bits (2-8, 16 = none).")] = 4,
@@ -124,16 +132,17 @@ def calibrate(
     """Stage II: calibrate every block against the FP model (resumable)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .calibrate.artifact import calibrate_checkpoint
+    from .calibrate.entry import calibrate_checkpoint
     from .calibrate.methods import get_method
-    from .calibrate.stage2 import CalibConfig
     from .models.builtin import resolve_model
     from .models.loading import read_config
 
     path = resolve_model(model)
     _, mcfg = read_config(path)
     cfg = CalibConfig(method=method, w_bits=w_bits, a_bits=a_bits, epochs=epochs,
-                      batch_size=batch_size, lr=lr, seed=seed, device=device)
+                      batch_size=batch_size, lr=lr, seed=seed, device=device
+                      ).resolved(mcfg.hidden_size)
+    epochs = cfg.epochs
     meth = get_method(method)
     epochs_total = mcfg.num_layers * max(1, epochs if meth.trains else 1)
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
@@ -200,7 +209,9 @@ def generate(
 
     extra = {k: v for k, v in (("top_p", top_p), ("top_k", top_k), ("alg_temp", alg_temp),
                                ("cfg_scale", cfg_scale)) if v is not None}
-    opened = _open_for_generation(model, device)
+    from .opener import open_model
+
+    opened = open_model(model, device)
     config = opened.policy(seed=seed, policy=policy, gen_length=gen_length, steps=steps,
                            block_length=block_length, temperature=temperature, **extra)
     decoder = opened.text_decoder(chat)
@@ -223,34 +234,10 @@ def generate(
             if show_steps:
                 show(event)
 
-        from faircalib_runtime import generate as run_loop
-
-        result = run_loop(opened.backend(), prompts, config, on_step=on_step)
+        result = opened.generate(prompts, config, on_step=on_step)
     for text, ids in zip(prompt, result.generated, strict=True):
         console.print(f"[bold]{text}[/]", highlight=False)
         console.print(decoder.decode(ids), highlight=False, markup=False)
-
-
-def _open_for_generation(model: str, device: str):
-    """Exported ONNX directories open without torch; everything else through PyTorch."""
-    runtime_json = Path(model) / "runtime.json"
-    if runtime_json.is_file():
-        from faircalib_runtime.onnx import ExportError, open_exported
-
-        if json.loads(runtime_json.read_text()).get("variant") == "tensorrt-plugins":
-            from .trt.backend import open_tensorrt  # needs tensorrt + the plugin library
-
-            return open_tensorrt(model)
-
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" \
-            else None
-        try:
-            return open_exported(model, providers)
-        except ExportError as err:
-            raise FaircalibError(str(err)) from err
-    from .generate import open_model
-
-    return open_model(model, device)
 
 
 @app.command()
@@ -268,9 +255,12 @@ def export(
         help="Weights in model.onnx.data beside the graph. Default: only above 1 GiB.")
     ] = None,
 ) -> None:
-    """Export a folded model: an ONNX graph for ONNX Runtime, or (--format tensorrt) a
-    graph whose quantized matmuls are W4A4 plugin nodes plus, when tensorrt and the
-    plugin library are available, an engine for the target GPU."""
+    """Export a folded model for ONNX Runtime or TensorRT.
+
+    --format onnx writes an ONNX graph for ONNX Runtime; --format tensorrt writes a graph
+    whose quantized matmuls are W4A4 plugin nodes and, where tensorrt and the plugin
+    library are available, an engine for the target GPU.
+    """
     if format == "tensorrt":
         from .trt.export import export_tensorrt
 
@@ -289,18 +279,20 @@ def export(
 @app.command()
 def validate(
     reference: Annotated[str, typer.Option(
-        help="PyTorch reference: calibrated artifact or folded model.")],
-    exported: Annotated[Path, typer.Option(help="Exported ONNX directory.")],
+        help="Reference model of any kind, usually the calibrated artifact or folded model "
+             "the export came from.")],
+    exported: Annotated[Path, typer.Option(
+        help="Model to check, of any kind, usually an exported ONNX / TensorRT directory.")],
     prompts: Annotated[Path | None, typer.Option(
         help="Prompt file (one per line, or JSONL with 'prompt'). Default: the model's "
              "held-out task prompts, else a few built-in prompts.")] = None,
     limit: Annotated[int, typer.Option("-n", "--limit", help="Prompts to use.")] = 32,
     out: Annotated[Path | None, typer.Option(
         "-o", "--out", help="Write report.json and report.md here.")] = None,
-    top1_min: float = 0.999,
-    decode_match_min: float = 0.99,
-    rel_error_max: float = 0.05,
-    kl_max: float = 1e-3,
+    top1_min: float = Thresholds.top1_min,
+    decode_match_min: float = Thresholds.decode_match_min,
+    rel_error_max: float = Thresholds.rel_error_max,
+    kl_max: float = Thresholds.kl_max,
     steps: Annotated[int | None, typer.Option(help="Denoising steps.")] = None,
     gen_length: Annotated[int | None, typer.Option(help="Generated tokens.")] = None,
     chat: Annotated[bool, typer.Option(help="Apply the chat template.")] = True,
@@ -310,14 +302,14 @@ def validate(
     Teacher-forced top-1 agreement, KL and logit errors on the masked positions of the
     reference's own decoding trajectories, commit flips, and decoded-token agreement.
     """
-    from .generate import open_model
-    from .validate import Thresholds, ValidationError, default_prompts, markdown, read_prompts
+    from .opener import open_model
+    from .validate import ValidationError, default_prompts, markdown, read_prompts
     from .validate import validate as run_validation
 
+    if limit < 1:
+        raise FaircalibError(f"--limit must be >= 1, got {limit}")
     ref = open_model(reference)
-    exp = _open_for_generation(str(exported), "cpu")
-    if getattr(exp, "kind", None) not in ("onnx", "tensorrt"):
-        raise FaircalibError(f"{exported} is not an exported ONNX / TensorRT directory")
+    exp = open_model(exported)
     texts = read_prompts(prompts, default_prompts(ref, limit))[:limit]
     report = run_validation(
         ref, exp, texts, chat=chat, steps=steps, gen_length=gen_length,
@@ -342,37 +334,71 @@ def build(
     data: Annotated[str | None, typer.Option(help="Calibration data (see calibrate).")] = None,
     probe_data: Annotated[str | None, typer.Option(help="Probing prompts (see probe).")
                           ] = None,
-    samples: Annotated[int | None, typer.Option(help="Calibration sequences.")] = None,
-    seq_len: Annotated[int | None, typer.Option(help="Calibration sequence length.")] = None,
-    epochs: int = 15,
+    samples: Annotated[int | None, typer.Option(
+        help="Calibration sequences (default: the model's recipe).")] = None,
+    seq_len: Annotated[int | None, typer.Option(
+        help="Calibration sequence length (default: the model's recipe).")] = None,
+    epochs: Annotated[int | None, typer.Option(
+        help="Epochs per block (default: the model's recipe).")] = None,
     seed: int = 0,
     device: str = "cpu",
+    variant: Annotated[str, typer.Option(
+        help="ONNX variant: auto (w4a4-int, integer GEMMs, on CPU; w4a4 on CUDA), w4a4 or "
+             "w4a4-int.")] = "auto",
     tensorrt: Annotated[bool, typer.Option(help="Also build the TensorRT engine.")] = True,
     validate_prompts: Annotated[int, typer.Option(help="Prompts used by validation.")] = 32,
+    quality_problems: Annotated[int, typer.Option(
+        help="Held-out problems scored for FP vs W4A4 accuracy (0: skip the quality "
+             "comparison).")] = QUALITY_PROBLEMS,
     gen_length: Annotated[int | None, typer.Option(help="Validation decode length.")] = None,
     steps: Annotated[int | None, typer.Option(help="Validation decode steps.")] = None,
 ) -> None:
-    """Checkpoint -> probe -> calibrate -> fold -> ONNX (+ TensorRT) -> validate.
+    """Checkpoint -> probe -> calibrate -> fold -> ONNX (+ TensorRT) -> validate -> quality.
 
-    Completed stages are skipped on a re-run; exits 2 when validation fails.
+    Completed stages are skipped on a re-run. The summary lists the artifacts and their
+    sizes, the validation of the export, and what quantization cost against the FP model
+    (held-out accuracy of both, teacher-forced KL). Exits 2 when validation fails.
     """
     from .build import BuildSettings, run_build
     from .validate import ValidationError
 
     settings = BuildSettings(method=method, data=data, probe_data=probe_data, samples=samples,
                              seq_len=seq_len, epochs=epochs, seed=seed, device=device,
-                             tensorrt=tensorrt, validate_prompts=validate_prompts,
+                             variant=variant, tensorrt=tensorrt,
+                             validate_prompts=validate_prompts,
+                             quality_problems=quality_problems,
                              policy={"gen_length": gen_length, "steps": steps})
-    results, report = run_build(model, target, out, settings,
-                                log=lambda m: err_console.print(m, markup=False))
+    result = run_build(model, target, out, settings,
+                       log=lambda m: err_console.print(m, markup=False))
     table = Table(title=f"build {out} for {target}")
     for col in ("stage", "status", "seconds", "detail"):
         table.add_column(col)
-    for r in results:
+    for r in result.stages:
         table.add_row(r.name, r.status, f"{r.seconds:.1f}", r.detail)
     console.print(table)
-    if report is not None and not report["passed"]:
-        failed = [k for k, ok in report["checks"].items() if not ok]
+    sizes = Table(title="artifacts")
+    sizes.add_column("directory")
+    sizes.add_column("size", justify="right")
+    for d in sorted(p for p in out.iterdir() if p.is_dir()):
+        sizes.add_row(str(d), _mib(sum(f.stat().st_size for f in d.rglob("*") if f.is_file())))
+    console.print(sizes)
+    v = result.validation["metrics"]
+    console.print(f"validation {'passed' if result.passed else 'FAILED'}: exported ONNX vs "
+                  f"calibrated PyTorch, top-1 agreement {v['top1_agreement']:.4f}, KL "
+                  f"{v['kl_mean']:.2e}, {v['decode_identical_rate']:.0%} of prompts decoded "
+                  f"identically")
+    if result.quality is not None:
+        q = result.quality
+        if "heldout" in q:
+            h = q["heldout"]
+            console.print(f"quality: {h['task']} held-out accuracy FP {h['fp']['accuracy']:.1%}"
+                          f" -> W4A4 {h['w4a4']['accuracy']:.1%} ({h['w4a4']['n']} problems)")
+        tf = q["teacher_forced"]
+        console.print(f"quality: teacher-forced KL(FP || W4A4) {tf['kl_mean']:.4f}, top-1 "
+                      f"agreement {tf['top1_agreement']:.3f}, "
+                      f"{tf['flips_per_sequence_mean']:.2f} commit flips per sequence")
+    if not result.passed:
+        failed = [k for k, ok in result.validation["checks"].items() if not ok]
         raise ValidationError(f"validation failed: {', '.join(failed)} "
                               f"(see {out / 'validation' / 'report.md'})")
 
@@ -450,7 +476,9 @@ def eval_command(
         return
     from rich.progress import Progress
 
-    opened = _open_for_generation(model, "cpu")
+    from .opener import open_model
+
+    opened = open_model(model)
     with Progress(console=err_console) as bar:
         job = bar.add_task(f"{task}", total=limit)
         result = evaluate_benchmark(opened, task, path=data, limit=limit, seed=seed,

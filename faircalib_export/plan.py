@@ -1,8 +1,8 @@
 """`faircalib-export plan`: will calibration and the W4A4 deployment fit on a target GPU?
 
 Works from config.json alone (a checkpoint directory, a bare config.json, a built-in model
-name or a `ModelConfig`), so it answers for LLaDA-8B / Dream-7B before anything is
-downloaded.
+name, a shipped model config name such as `llada-8b-instruct` or a `ModelConfig`), so it
+answers for LLaDA-8B / Dream-7B before anything is downloaded.
 
 Calibration: the Stage II device peak of `calibrate.memory.calibration_plan` (one block
 traced on the meta device) plus the CUDA runtime's own overhead.
@@ -46,14 +46,31 @@ F32, F16 = 4, 2
 
 
 def _config(model_or_config: str | Path | ModelConfig) -> ModelConfig:
+    """A path (checkpoint directory or config.json) first, then a built-in model name,
+    then a shipped model config (`llada-8b-instruct`, `configs/models/*.json`)."""
     if isinstance(model_or_config, ModelConfig):
         return model_or_config
-    from .models.builtin import resolve_model
+    from importlib.resources import as_file
+
+    from .configs_data import model_configs
+    from .errors import CheckpointError
+    from .models.builtin import builtin_names, resolve_model
     from .models.loading import read_config
 
     path = Path(model_or_config)
+    name = str(model_or_config)
+    shipped = model_configs()
+    if not path.exists() and name not in builtin_names():
+        file = shipped.get(name.removesuffix(".json"))
+        if file is not None:
+            with as_file(file) as config_json:
+                return read_config(config_json)[1]
     if not (path.suffix == ".json" and path.is_file()):
-        path = resolve_model(model_or_config)
+        try:
+            path = resolve_model(model_or_config)
+        except CheckpointError as err:
+            raise CheckpointError(f"{err}; nor a model config "
+                                  f"({', '.join(shipped) or 'none shipped'})") from None
     return read_config(path)[1]
 
 
@@ -115,16 +132,24 @@ def _fits(peak_gib: float, memory_gib: float) -> bool:
     return peak_gib <= memory_gib * (1 - SAFETY_MARGIN)
 
 
-def plan(model_or_config: str | Path | ModelConfig, target, *, samples: int = 128,
-         seq_len: int = 1024, batch: int = 4, max_batch: int | None = None,
+def plan(model_or_config: str | Path | ModelConfig, target, *, samples: int | None = None,
+         seq_len: int | None = None, batch: int | None = None, max_batch: int | None = None,
          max_seq: int | None = None, head_precision: str = "fp32") -> dict:
-    """Calibration and deployment memory for `target` (a name, JSON path or Target)."""
+    """Calibration and deployment memory for `target` (a name, JSON path or Target).
+
+    Unset samples / seq_len / batch are what `calibrate` would use for this model.
+    """
+    from .calibrate.config import CalibConfig, recipe_for
     from .calibrate.memory import calibration_plan
     from .errors import ConfigError
     from .info import memory_estimate
     from .trt.targets import load_target
 
     cfg = _config(model_or_config)
+    recipe = recipe_for(cfg.hidden_size)
+    samples = recipe.samples if samples is None else samples
+    seq_len = recipe.seq_len if seq_len is None else seq_len
+    batch = CalibConfig.batch_size if batch is None else batch
     target = load_target(target)
     max_batch = max_batch or target.max_batch
     max_seq = max_seq or target.max_seq
@@ -229,15 +254,21 @@ def _print_plan(data: dict) -> None:
 
 def plan_cmd(
     model: Annotated[str | None, typer.Argument(
-        help="Checkpoint directory, bare config.json, or built-in model name.")] = None,
+        help="Checkpoint directory, bare config.json, built-in model name, or model config "
+             "name (configs/models: llada-8b-instruct, dream-7b-instruct).")] = None,
     model_option: Annotated[str | None, typer.Option(
         "--model", "-m", help="The same as MODEL, as an option.")] = None,
     target: Annotated[str, typer.Option(
         "--target", "-t", help="Target GPU (a name from configs/targets, or a JSON file).")
     ] = "rtx4090",
-    samples: Annotated[int, typer.Option(help="Stage II calibration sequences.")] = 128,
-    seq_len: Annotated[int, typer.Option(help="Stage II sequence length.")] = 1024,
-    batch: Annotated[int, typer.Option(help="Stage II batch size.")] = 4,
+    samples: Annotated[int | None, typer.Option(
+        help="Stage II calibration sequences (default: the model's recipe, 128 for real "
+             "models).")] = None,
+    seq_len: Annotated[int | None, typer.Option(
+        help="Stage II sequence length (default: the model's recipe, 1024 for real "
+             "models).")] = None,
+    batch: Annotated[int | None, typer.Option(
+        help="Stage II batch size (default: calibrate's).")] = None,
     max_batch: Annotated[int | None, typer.Option(
         help="Deployment batch size (default: the target's).")] = None,
     max_seq: Annotated[int | None, typer.Option(

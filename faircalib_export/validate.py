@@ -1,6 +1,11 @@
 """`validate`: does the exported model compute what the PyTorch model computes?
 
-The reference (a calibrated artifact or folded model, run in PyTorch) decodes the prompts
+Both sides are opened models of any kind (`opener.OpenedModel`); usually the reference
+is a calibrated artifact or folded model run in PyTorch and the other side its ONNX or
+TensorRT export. `compare_models` measures without judging (`build` also uses it for
+the quality of the quantized model against the FP one); `validate` adds the thresholds.
+
+The reference decodes the prompts
 with the model's default policy; every intermediate state of that trajectory is then fed
 to both models (teacher forcing). On the masked positions of those states we measure
 logit max-abs and relative error, KL(reference || exported) and top-1 agreement; at the
@@ -11,7 +16,6 @@ sequences. Thresholds (defaults below) decide pass / fail.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -58,37 +62,50 @@ def default_prompts(opened, limit: int) -> list[str]:
 def read_prompts(path: Path | None, default: list[str]) -> list[str]:
     if path is None:
         return default
-    if not Path(path).is_file():
+    path = Path(path)
+    if not path.is_file():
         raise ValidationError(f"prompt file {path} not found")
-    lines = [ln for ln in Path(path).read_text().splitlines() if ln.strip()]
     if path.suffix == ".jsonl":
-        rows = [json.loads(ln) for ln in lines]
-        lines = [r.get("prompt") or r.get("question") or r.get("text") for r in rows]
-    if not lines or not all(lines):
+        from .jsonl import jsonl_rows
+
+        lines = [r.get("prompt") or r.get("question") or r.get("text")
+                 for r in jsonl_rows(path)]
+    else:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ValidationError(f"{path}: not UTF-8 text") from None
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+    if not lines or not all(isinstance(ln, str) and ln for ln in lines):
         raise ValidationError(f"{path}: no prompts (one per line, or JSONL with 'prompt')")
     return lines
 
 
+# Where an exported model records the artifact it was made from: reference kind ->
+# (the reference's file whose hash is recorded, the runtime.json key holding it).
+LINEAGE = {"calibrated": ("manifest.json", "source_artifact_sha256"),
+           "folded": ("weights.safetensors", "deploy_weights_sha256")}
+
+
 def check_same_model(reference, exported) -> None:
-    """Refuse a graph exported from another model or calibration, or another tokenizer."""
+    """Refuse a model exported from another model or calibration, or another tokenizer."""
     from .artifacts import file_sha256
 
-    source = {"calibrated": ("manifest.json", "source_artifact_sha256"),
-              "folded": ("weights.safetensors", "deploy_weights_sha256")}.get(reference.kind)
-    if source is not None and reference.path is not None:
+    recorded = getattr(exported, "config", None) if exported.kind in ("onnx", "tensorrt") \
+        else None
+    source = LINEAGE.get(reference.kind)
+    if recorded is not None and source is not None and reference.path is not None:
         file, key = source
-        if exported.config.get(key) != file_sha256(reference.path / file):
+        if recorded.get(key) != file_sha256(reference.path / file):
             raise ValidationError(f"the exported graph was not made from {reference.path} "
                                   f"({key} differs): export it from this {reference.kind} "
                                   f"model, or validate against the one it came from")
-    ref_cfg = reference.cfg.to_dict()
-    exp_cfg = exported.config["deploy_config"]
+    ref_cfg, exp_cfg = reference.model_config(), exported.model_config()
     diff = sorted(k for k in ref_cfg if ref_cfg[k] != exp_cfg.get(k))
     if diff:
-        raise ValidationError(f"the exported graph is not from this model: config differs in "
+        raise ValidationError(f"the two models differ in architecture: config differs in "
                               f"{', '.join(diff)}")
-    ref_vocab = reference.tokenizer.get_vocab()
-    exp_vocab = exported.tokenizer.tokenizer.get_vocab(with_added_tokens=True)
+    ref_vocab, exp_vocab = reference.vocab(), exported.vocab()
     if ref_vocab != exp_vocab:
         raise ValidationError("the exported tokenizer.json does not match the reference "
                               f"tokenizer ({len(exp_vocab)} vs {len(ref_vocab)} entries or "
@@ -104,9 +121,31 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 def validate(reference, exported, prompts: list[str], *, chat: bool = True, seed: int = 0,
              thresholds: Thresholds = Thresholds(), **policy) -> dict:
     """Run every comparison; returns the report (with per-check pass flags)."""
+    check_same_model(reference, exported)
+    metrics, config = compare_models(reference, exported, prompts, chat=chat, seed=seed,
+                                     **policy)
+    checks = {
+        "top1_agreement": metrics["top1_agreement"] >= thresholds.top1_min,
+        "decode_identical_rate": metrics["decode_identical_rate"] >= thresholds.decode_match_min,
+        "logits_rel_error": metrics["logits_rel_error"] <= thresholds.rel_error_max,
+        "kl_mean": metrics["kl_mean"] <= thresholds.kl_max,
+    }
+    recorded = getattr(exported, "config", {}) if exported.kind in ("onnx", "tensorrt") else {}
+    return {"metrics": metrics, "thresholds": asdict(thresholds), "checks": checks,
+            "passed": all(checks.values()), "policy": config.to_dict(),
+            "exported": {"kind": exported.kind, **{k: recorded.get(k) for k in
+                         ("variant", "w_bits", "a_bits", "embed_bits", "head_bits")}}}
+
+
+def compare_models(reference, other, prompts: list[str], *, chat: bool = True, seed: int = 0,
+                   **policy) -> tuple[dict, object]:
+    """Teacher-forced and free-running agreement of `other` with `reference`.
+
+    Returns the metrics and the policy both decoded with (the reference's default).
+    """
     from faircalib_runtime import generate, left_pad
 
-    check_same_model(reference, exported)
+    exported = other
     config = reference.policy(seed=seed, **policy)
     ref_decoder = reference.text_decoder(chat)
     exp_decoder = exported.text_decoder(chat)
@@ -168,16 +207,7 @@ def validate(reference, exported, prompts: list[str], *, chat: bool = True, seed
         "decode_identical_rate": float(np.mean(same)),
         "decode_token_agreement": float(token_agree),
     }
-    checks = {
-        "top1_agreement": metrics["top1_agreement"] >= thresholds.top1_min,
-        "decode_identical_rate": metrics["decode_identical_rate"] >= thresholds.decode_match_min,
-        "logits_rel_error": metrics["logits_rel_error"] <= thresholds.rel_error_max,
-        "kl_mean": metrics["kl_mean"] <= thresholds.kl_max,
-    }
-    return {"metrics": metrics, "thresholds": asdict(thresholds), "checks": checks,
-            "passed": all(checks.values()), "policy": config.to_dict(),
-            "exported": {k: exported.config.get(k) for k in
-                         ("variant", "w_bits", "a_bits", "embed_bits", "head_bits")}}
+    return metrics, config
 
 
 def markdown(report: dict, reference: str, exported: str) -> str:

@@ -26,8 +26,10 @@ from ..errors import ConfigError
 from ..models.loading import inspect_checkpoint, load_model
 from ..probe.prior import Prior
 from ..quant.qblock import QuantBlock
+from ..quant.spec import QuantSpec
+from .config import CalibConfig
 from .methods import get_method
-from .stage2 import CalibConfig, block_file, calibrate_blocks, load_block_state
+from .stage2 import block_file, calibrate_blocks, load_block_state
 
 KIND = "calibrated"
 
@@ -49,6 +51,8 @@ def run_calibration(
     data_source: str,
     progress: Callable[[int, str, float | None], None] = lambda *a: None,
 ) -> Path:
+    plan = inspect_checkpoint(model_path)
+    cfg = cfg.resolved(plan.cfg.hidden_size)
     method = get_method(cfg.method)
     if method.weighted and prior is None:
         raise ConfigError(f"method {cfg.method} needs a prior (--prior PRIOR_DIR from `probe`)")
@@ -68,7 +72,6 @@ def run_calibration(
     partial.mkdir(parents=True, exist_ok=True)
     (partial / "settings.json").write_text(json.dumps(settings, indent=1) + "\n")
 
-    plan = inspect_checkpoint(model_path)
     start = time.time()
     stats = calibrate_blocks(plan, tokens, prior, cfg, partial / "blocks", progress)
     prior.save(partial)
@@ -81,56 +84,6 @@ def run_calibration(
         shutil.rmtree(out)
     partial.rename(out)
     return out
-
-
-def calib_shape(hidden_size: int) -> tuple[int, int]:
-    """Default (samples, sequence length): the paper's 128 x 1024 for real models, scaled
-    to 64 x 128 for the tiny models (their training sequences are under 100 tokens)."""
-    return (128, 1024) if hidden_size >= 1024 else (64, 128)
-
-
-def calibrate_checkpoint(
-    model: str | Path,
-    out: str | Path,
-    cfg: CalibConfig,
-    *,
-    data: str | None = None,
-    prior: Prior | str | Path | None = None,
-    samples: int | None = None,
-    seq_len: int | None = None,
-    progress: Callable[[int, str, float | None], None] = lambda *a: None,
-) -> Path:
-    """Stage II on a checkpoint directory or built-in name, from user-level settings.
-
-    `data` defaults to a tiny model's own task; `prior` (a Prior or a directory from
-    `probe`) is required by the weighted methods.
-    """
-    from ..models.builtin import default_task, resolve_model
-    from ..models.loading import load_tokenizer, read_config
-    from .data import calibration_tokens
-
-    path = resolve_model(model)
-    _, mcfg = read_config(path)
-    method = get_method(cfg.method)
-    if method.weighted and prior is None:
-        # No prior given: probe the FP teacher now (Stage I defaults) and keep the result
-        # beside the artifact, so a rerun reuses it.
-        from ..probe.artifact import run_probe
-
-        prior = Path(f"{out}.prior")
-        if not (prior / "prior.json").is_file():
-            run_probe(path, data, prior, seed=cfg.seed, device=cfg.device)
-    if isinstance(prior, (str, Path)):
-        prior = Prior.load(prior)
-    source = data or default_task(path)
-    if source is None:
-        raise ConfigError(f"{path} has no default calibration data: pass --data")
-    n_default, len_default = calib_shape(mcfg.hidden_size)
-    tokens = calibration_tokens(load_tokenizer(path), source, samples or n_default,
-                                seq_len or len_default, seed=cfg.seed,
-                                eos_id=mcfg.eos_token_id)
-    return run_calibration(path, Path(out), cfg, tokens, prior if method.weighted else None,
-                           source, progress)
 
 
 def _tensor_hash(t: torch.Tensor) -> str:
@@ -151,6 +104,11 @@ def read_manifest(artifact: Path) -> dict:
     return manifest
 
 
+def read_calib_config(manifest: dict) -> CalibConfig:
+    """The calibration config an artifact was made with, typed."""
+    return CalibConfig.from_dict(manifest["config"]["calib"])
+
+
 def load_quantized(artifact: str | Path, base_model: str | Path | None = None,
                    device: str = "cpu"):
     """The base model with every block replaced by its calibrated fake-quant block.
@@ -165,13 +123,12 @@ def load_quantized(artifact: str | Path, base_model: str | Path | None = None,
     if file_sha256(base / "config.json") != cfg_hash:
         raise ConfigError(f"{base}/config.json differs from the one {artifact} was calibrated on")
     model = load_model(base, "fp32", device)
-    spec = get_method(manifest["config"]["calib"]["method"]).spec(
-        manifest["config"]["calib"]["w_bits"], manifest["config"]["calib"]["a_bits"])
-    seed = manifest["config"]["calib"]["seed"]
+    calib = read_calib_config(manifest)
+    spec = QuantSpec.from_dict(manifest["config"]["spec"])
     for i, block in enumerate(model.blocks):
-        qb = QuantBlock(block, spec, seed=seed + 1000 * i)
+        qb = QuantBlock(block, spec, seed=calib.seed + 1000 * i)
         qb.load_calib_state(load_block_state(block_file(artifact / "blocks", i), device))
-        model.blocks[i] = qb
+        model.blocks[i] = qb.convert()
     with torch.no_grad():
         for table in {id(t): t for t in (model.embed.weight, model.lm_head.weight)}.values():
             table.copy_(table.half().float())

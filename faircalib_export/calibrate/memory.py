@@ -16,7 +16,8 @@ import torch
 
 from ..models.config import ModelConfig
 from ..models.transformer import Block, rope_cos_sin
-from ..quant.qblock import QuantBlock, QuantSpec
+from ..quant.qblock import QuantBlock
+from ..quant.spec import QuantSpec
 from .stage2 import weighted_mse
 
 GIB = 2**30
@@ -48,8 +49,8 @@ def _saved_bytes(cfg: ModelConfig, spec: QuantSpec, batch: int, seq_len: int):
     return sum(by_base.values()), attention, largest, trainable, block_params
 
 
-def calibration_plan(cfg: ModelConfig, *, samples: int = 128, seq_len: int = 1024,
-                     batch: int = 4, spec: QuantSpec | None = None,
+def calibration_plan(cfg: ModelConfig, *, samples: int, seq_len: int,
+                     batch: int, spec: QuantSpec | None = None,
                      cache_bytes: int = 4) -> dict[str, float]:
     """GiB per component of a Stage II run (fp32 compute) and the device peak."""
     spec = spec or QuantSpec()

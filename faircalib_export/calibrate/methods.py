@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import ConfigError
-from ..quant.qblock import QuantSpec
+from ..quant.spec import QuantSpec
 
 
 @dataclass(frozen=True)

@@ -17,48 +17,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..errors import FaircalibError
+from ..models.families import LINEAR_SITE
 from ..models.loading import CheckpointPlan, load_block, load_module
 from ..models.transformer import rope_cos_sin
 from ..probe.prior import Prior
 from ..quant.gptq import gptq_quantize, input_hessian
-from ..quant.qblock import LINEAR_SITE, QuantBlock
+from ..quant.qblock import QuantBlock
+from .config import CalibConfig, CalibrationError
 from .methods import get_method
-
-
-class CalibrationError(FaircalibError):
-    """Calibration diverged (NaN/inf loss) or was given unusable inputs."""
-
-
-@dataclass(frozen=True)
-class CalibConfig:
-    method: str = "fair-calib"
-    w_bits: int = 4
-    a_bits: int = 4
-    epochs: int = 15
-    batch_size: int = 4
-    lr: float = 5e-3
-    clip_lr_mult: float = 10.0
-    qdrop_prob: float = 0.5
-    seed: int = 0
-    device: str = "cpu"
-    cache_dtype: str = "fp32"
-
-    def __post_init__(self) -> None:
-        method = get_method(self.method)  # validates the name
-        method.spec(self.w_bits, self.a_bits)  # validates bit widths
-        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
-            raise CalibrationError("epochs must be >= 0, batch_size >= 1 and lr > 0")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def block_file(directory: Path, index: int) -> Path:
@@ -103,7 +75,7 @@ def _gptq_block(qb: QuantBlock, inputs: torch.Tensor, rope, batch: int, device) 
         with torch.no_grad():
             for i in range(0, inputs.shape[0], batch):
                 # the calibration form: its site transforms expose the inputs to hook
-                qb(inputs[i:i + batch].to(device, torch.float32), *rope, None, folded=False)
+                qb(inputs[i:i + batch].to(device, torch.float32), *rope, None)
                 for site, xs in captured.items():
                     h = sum(input_hessian(x) * x[..., 0].numel() for x in xs)
                     hessians[site] = hessians.get(site, 0) + h
@@ -163,10 +135,11 @@ def calibrate_blocks(
     Blocks are read from the checkpoint one at a time (fp32), so memory holds one block
     and the activation caches, whatever the depth of the model.
 
-    Block results are written to `work_dir/block_XXX.pt` as soon as they finish and
+    Block results are written to `work_dir/block_XXX.safetensors` as soon as they finish and
     reused when present, so a rerun after an interruption resumes.
     `progress(block, phase, loss)` is called as work advances.
     """
+    cfg = cfg.resolved(plan.cfg.hidden_size)
     method = get_method(cfg.method)
     spec = method.spec(cfg.w_bits, cfg.a_bits)
     device = torch.device(cfg.device)
@@ -211,6 +184,7 @@ def calibrate_blocks(
                 _train_block(qb, q_in, fp_out, weights, rope, cfg, cfg.seed + index, drop_prob,
                              lambda loss, i=index: progress(i, "epoch", loss))
             save_block_state(qb.calib_state(), path)
+        qb.convert()  # the next block's inputs come from the deployment arithmetic
         q_out = _run(lambda x, b=qb: b(x, *rope, None), q_in, cfg.batch_size, device,
                      torch.float32)
         with torch.no_grad():

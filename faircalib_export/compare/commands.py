@@ -30,12 +30,13 @@ def compare_cmd(
              "late-boost schedules, a 16-rollout probing budget.")] = False,
     w_bits: Annotated[int, typer.Option("--wbits", help="Weight bits.")] = 4,
     a_bits: Annotated[int, typer.Option("--abits", help="Activation bits.")] = 4,
-    epochs: Annotated[int, typer.Option(help="Calibration epochs per block.")] = 15,
+    epochs: Annotated[int | None, typer.Option(
+        help="Calibration epochs per block (default: the model's recipe: 15 for real models, "
+             "fewer for the tiny ones).")] = None,
     data: Annotated[str | None, typer.Option(
         help="Calibration data (default: the model's own task, calibration split).")] = None,
     calib_samples: Annotated[int | None, typer.Option(
-        help="Calibration sequences (default 64 x 128 tokens for tiny models, 128 x 1024 "
-             "for real ones).")] = None,
+        help="Calibration sequences (default: the model's recipe).")] = None,
     task: Annotated[str | None, typer.Option(
         help="Accuracy: a tiny task (chain) or benchmark (gsm8k, arc_easy, ...). Default: "
              "the model's task.")] = None,

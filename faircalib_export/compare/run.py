@@ -100,9 +100,9 @@ class CompareConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     w_bits: int = 4
     a_bits: int = 4
-    epochs: int = 15
+    epochs: int | None = None  # per block (default: the model's recipe, calibrate/config.py)
     data: str | None = None  # calibration data (default: the model's own task)
-    calib_samples: int | None = None  # calibration sequences (default: calib_shape's)
+    calib_samples: int | None = None  # calibration sequences (default: the model's recipe)
     task: str | None = None  # accuracy: tiny task name or benchmark (default: model's task)
     limit: int = 500  # held-out problems scored per model
     diag_samples: int = 32  # sequences for the diagnostics (paper: 32)
@@ -137,10 +137,12 @@ def run_compare(model: str | Path, out: str | Path, config: CompareConfig,
                 detail: Callable[[str], None] = lambda msg: None) -> dict:
     """Run (or finish) the comparison in `out`; returns the results dict. `say` reports
     each step started, `detail` the progress within one."""
-    from ..calibrate.stage2 import CalibConfig
+    from ..calibrate.config import CalibConfig
     from ..models.builtin import default_task, resolve_model
+    from ..models.loading import read_config
 
     path = resolve_model(model)
+    hidden = read_config(path)[1].hidden_size
     out = Path(out)
     task = config.task or (default_task(path) or "").removeprefix("task:") or None
     if task is None:
@@ -155,7 +157,8 @@ def run_compare(model: str | Path, out: str | Path, config: CompareConfig,
     for entry in config.entries:
         for seed in seeds_for(entry, config.seeds):
             cfg = CalibConfig(method=entry.method, w_bits=config.w_bits, a_bits=config.a_bits,
-                              epochs=config.epochs, seed=seed, device=config.device)
+                              epochs=config.epochs, seed=seed, device=config.device
+                              ).resolved(hidden)
             prior_dir = None
             if cfg.method in _weighted():
                 prior_dir = out / "priors" / f"{entry.prior_name}-s{seed}"
@@ -198,8 +201,8 @@ def _probe(path: Path, config: CompareConfig, entry: Entry, seed: int, prior_dir
 
 def _flat_prior(path: Path, prior_dir: Path) -> None:
     from ..artifacts import atomic_dir
-    from ..generate import read_generation_config
     from ..models.loading import read_config
+    from ..opener import read_generation_config
     from ..probe.prior import Prior
     from ..probe.stage1 import probe_shape
 
@@ -233,7 +236,7 @@ def _is_current(run_dir: Path, cfg, data: str, samples: int | None,
 
 def _calibrate(path: Path, config: CompareConfig, data: str, cfg, prior_dir: Path | None,
                run_dir: Path, say, detail) -> None:
-    from ..calibrate.artifact import calibrate_checkpoint
+    from ..calibrate.entry import calibrate_checkpoint
 
     if _is_current(run_dir, cfg, data, config.calib_samples, prior_dir):
         return
@@ -260,7 +263,7 @@ def _evaluate(model: Path, task: str, config: CompareConfig, say, cache: Path | 
 
     if task in benchmark_names():
         from ..evaluate import evaluate_benchmark
-        from ..generate import open_model
+        from ..opener import open_model
 
         raw = evaluate_benchmark(open_model(model, config.device), task, limit=config.limit)
         score = next(raw[k] for k in ("exact_match", "acc", "masked_ppl") if k in raw)

@@ -49,8 +49,8 @@ def diagnose(teacher: str | Path, students: Sequence[str | Path], data: str | No
              groups: Sequence[str] | None = None, device: str = "cpu",
              progress: Callable[[str], None] | None = None) -> dict:
     """Run every diagnostic; returns the report dict (see module doc)."""
-    from ..generate import open_model
     from ..models.builtin import default_task, resolve_model
+    from ..opener import TORCH_KINDS, open_model
     from ..probe.prior import Prior
 
     if not students:
@@ -60,7 +60,7 @@ def diagnose(teacher: str | Path, students: Sequence[str | Path], data: str | No
                           f"got {len(groups)}")
     say = progress or (lambda msg: None)
     path = resolve_model(teacher)
-    opened = open_model(path, device)
+    opened = open_model(path, device, kinds=TORCH_KINDS)  # the teacher runs in PyTorch
     source = data or default_task(path)
     if source is None:
         raise ConfigError(f"{path} has no default prompts: pass --data")
@@ -71,9 +71,12 @@ def diagnose(teacher: str | Path, students: Sequence[str | Path], data: str | No
     for p, name in zip(paths, unique_names(paths), strict=True):
         say(f"loading {name}")
         st = load_student(p, device, name)
-        if st.vocab_size != opened.cfg.vocab_size:
+        if st.family != opened.family:
+            raise ConfigError(f"{p}: a {st.family} model cannot be diagnosed against a "
+                              f"{opened.family} teacher")
+        if st.vocab_size != opened.vocab_size:
             raise ConfigError(f"{p}: vocabulary {st.vocab_size} differs from the teacher's "
-                              f"{opened.cfg.vocab_size}")
+                              f"{opened.vocab_size}")
         loaded.append(st)
     if groups is not None:
         for st, g in zip(loaded, groups, strict=True):

@@ -1,9 +1,9 @@
 """Students under diagnosis: anything that maps a token state to aligned logits.
 
-`load_student(path)` dispatches on the directory's contents through
-`generate.open_model`: a calibrated artifact (manifest kind "calibrated": the fake-quant
-W4A4 model), a folded deployment (deploy.json: its PyTorch reference) or a plain
-checkpoint. A future ONNX student only needs to provide `forward` on torch tensors.
+`load_student(path)` opens a model of any kind through `opener.open_model`: a
+calibrated artifact (the fake-quant W4A4 model), a folded deployment (its PyTorch
+reference), a plain checkpoint, or an exported ONNX / TensorRT directory, whose backend
+is called on host arrays (`opener.torch_forward`).
 
 The seed group of a student (for error bars over calibration seeds) is given explicitly
 or inferred from its manifests: the calibration method, so students calibrated with the
@@ -26,9 +26,10 @@ from ..artifacts import MANIFEST
 class Student:
     name: str
     path: Path
-    kind: str  # checkpoint | calibrated | folded
+    kind: str  # an opener kind: checkpoint | calibrated | folded | onnx | tensorrt
     forward: Callable[..., torch.Tensor]  # (input_ids, attention_mask=, position_ids=)
     vocab_size: int
+    family: str
     method: str | None = None  # calibration method, from the manifests
     seed: int | None = None  # calibration seed, from the manifests
     group: str = ""  # seed group label
@@ -62,14 +63,14 @@ def calibration_origin(path: Path) -> tuple[str | None, int | None]:
 
 
 def load_student(path: str | Path, device: str = "cpu", name: str | None = None) -> Student:
-    from ..generate import open_model
+    from ..opener import open_model, torch_forward
 
     path = Path(path)
     opened = open_model(path, device)
     method, seed = calibration_origin(path)
-    return Student(name=name or path.name, path=path, kind=opened.kind, forward=opened.model,
-                   vocab_size=opened.cfg.vocab_size, method=method, seed=seed,
-                   group=method or opened.kind)
+    return Student(name=name or path.name, path=path, kind=opened.kind,
+                   forward=torch_forward(opened), vocab_size=opened.vocab_size,
+                   family=opened.family, method=method, seed=seed, group=method or opened.kind)
 
 
 def unique_names(paths: list[Path]) -> list[str]:

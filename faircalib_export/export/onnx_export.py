@@ -48,7 +48,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from ..artifacts import atomic_dir, file_sha256, write_manifest
+from ..artifacts import RUNTIME_JSON, atomic_dir, file_sha256, write_manifest
 from ..errors import ConfigError
 from ..fold.deployed import read_deploy
 from ..fold.pack import unpack_int4
@@ -58,7 +58,6 @@ from .graph import MS_DOMAIN, GraphBuilder, int_tensor
 
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
-RUNTIME_JSON = "runtime.json"
 # w4a4: Q/DQ graph (portable; float compute); w4a4-int: integer GEMMs (exact, fast on CPU);
 # weight-only: MatMulNBits, W4A16
 VARIANTS = ("w4a4", "w4a4-int", "weight-only")
@@ -320,8 +319,7 @@ def write_export_dir(model: onnx.ModelProto, deploy_dir: Path, meta: dict, out: 
     """
     from faircalib_runtime.defaults import family_defaults
 
-    from ..generate import END_OF_TURN
-    from ..models.families import get_family
+    from ..models.families import END_OF_TURN, get_family
     from ..models.loading import load_tokenizer
 
     onnx.checker.check_model(model)

@@ -34,15 +34,15 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from ..artifacts import DEPLOY_JSON
 from ..errors import CheckpointError
 from ..models.config import ModelConfig
+from ..models.families import LINEAR_SITE
 from ..models.transformer import attention_bias, rope_cos_sin
 from ..quant.folded import block_forward, dequantized, rms_norm
 from ..quant.layout import transform_sites
-from ..quant.qblock import LINEAR_SITE
 from .pack import unpack_int4
 
-DEPLOY_JSON = "deploy.json"
 WEIGHTS = "weights.safetensors"
 FORMAT = "faircalib-w4a4"
 

@@ -20,8 +20,7 @@ from safetensors.torch import save_file
 from ..artifacts import atomic_dir, file_sha256, write_manifest
 from ..calibrate.artifact import load_quantized, read_manifest
 from ..errors import ConfigError
-from ..models.families import get_family
-from ..quant.qblock import LINEAR_SITE
+from ..models.families import LINEAR_SITE, get_family
 from ..quant.quantizer import NO_QUANT_BITS, quantize_rows
 from .deployed import DEPLOY_JSON, FORMAT, WEIGHTS
 from .pack import pack_int4

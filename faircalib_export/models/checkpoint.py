@@ -62,11 +62,13 @@ def save_checkpoint(
     shards: int = 1,
     dtype: torch.dtype | None = None,
     extra_files: dict[str, str] | None = None,
+    decoding: dict | None = None,
 ) -> Path:
     """Save `model` to `out` in its family's real layout.
 
     `write_tokenizer(dir)` writes the tokenizer files; `extra_files` maps file names to
-    text (a model card, say).
+    text (a model card, say); `decoding` is the model's default decoding shape, recorded
+    in generation_config.json for every later stage to read.
     """
     cfg = model.cfg
     family = get_family(cfg.family)
@@ -74,6 +76,10 @@ def save_checkpoint(
         (tmp / "config.json").write_text(json.dumps(family.write_config(cfg), indent=2) + "\n")
         generation = {"bos_token_id": cfg.eos_token_id, "eos_token_id": cfg.eos_token_id,
                       "pad_token_id": cfg.pad_token_id, "mask_token_id": cfg.mask_token_id}
+        if decoding:
+            from faircalib_runtime.defaults import GENERATION_KEY
+
+            generation[GENERATION_KEY] = decoding
         (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
         write_weights(checkpoint_state(model, dtype), tmp, shards)
         write_tokenizer(tmp)

@@ -19,11 +19,21 @@ BLOCK_MODULES = (
     "attn_norm", "attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj",
     "mlp_norm", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
 )
-# The linear layers that quantization touches, in execution order inside a block.
-QUANT_LINEARS = (
-    "attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj",
-    "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
+# Online-transform sites of a block and the linears each feeds, in execution order
+# (site, input width: "hidden" or "intermediate", linears). Written once; the quantizer,
+# fold, export and planner derive their maps from it.
+TRANSFORM_SITES = (
+    ("qkv", "hidden", ("attn.q_proj", "attn.k_proj", "attn.v_proj")),
+    ("o", "hidden", ("attn.o_proj",)),
+    ("gate_up", "hidden", ("mlp.gate_proj", "mlp.up_proj")),
+    ("down", "intermediate", ("mlp.down_proj",)),
 )
+# linear -> the site whose transformed input it consumes
+LINEAR_SITE = {lin: site for site, _, lins in TRANSFORM_SITES for lin in lins}
+# The linear layers that quantization touches, in execution order inside a block.
+QUANT_LINEARS = tuple(LINEAR_SITE)
+# Chat-turn terminators that end an answer like EOS does.
+END_OF_TURN = ("<|eot_id|>", "<|im_end|>")
 
 
 @dataclass(frozen=True)

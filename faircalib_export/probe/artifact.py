@@ -34,16 +34,13 @@ def run_probe(model: str | Path, data: str | None, out: str | Path, *,
     data takes a shipped tiny model's own task.
     """
     from ..errors import ConfigError
-    from ..generate import open_model
     from ..models.builtin import default_task, resolve_model
+    from ..opener import open_model
     from .prompts import load_prompts
     from .stage1 import probe, probe_shape
 
     path = resolve_model(model)
-    opened = open_model(path, device)
-    if opened.kind != "checkpoint":
-        raise ConfigError(f"{path} is a {opened.kind} model; probe the full-precision "
-                          f"checkpoint (Stage I runs the FP teacher)")
+    opened = open_model(path, device, kinds=("checkpoint",))  # Stage I runs the FP teacher
     source = data or default_task(path)
     if source is None:
         raise ConfigError(f"{path} has no default probing data: pass --data")

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 from ..models.config import ModelConfig
+from ..models.families import TRANSFORM_SITES
 
 
 def kron_factors(n: int) -> tuple[int, int]:
@@ -35,10 +36,5 @@ class TransformSite:
 
 
 def transform_sites(cfg: ModelConfig) -> list[TransformSite]:
-    e, f = cfg.hidden_size, cfg.intermediate_size
-    return [
-        TransformSite("qkv", e, ("attn.q_proj", "attn.k_proj", "attn.v_proj")),
-        TransformSite("o", e, ("attn.o_proj",)),
-        TransformSite("gate_up", e, ("mlp.gate_proj", "mlp.up_proj")),
-        TransformSite("down", f, ("mlp.down_proj",)),
-    ]
+    dims = {"hidden": cfg.hidden_size, "intermediate": cfg.intermediate_size}
+    return [TransformSite(name, dims[width], linears) for name, width, linears in TRANSFORM_SITES]

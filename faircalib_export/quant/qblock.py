@@ -10,13 +10,16 @@ weight; for the o and down sites into the rows of v_proj and up_proj (per-row we
 quantization is invariant to row scaling, so that move is exact). Calibration divides
 at the site, which is the same function.
 
+Two explicit steps, as in torchao: a new block is in the calibration form
+(differentiable fake-quant, `prepare()`); `convert()` switches it to the folded
+deployment arithmetic (`quant/folded.py`), which a calibrated model evaluates with so it
+rounds exactly as the exported model does.
+
 `weight_override` replaces a linear's quantized weight by precomputed integer codes and
 per-row scales (GPTQ output for the QuaRot baseline).
 """
 
 from __future__ import annotations
-
-from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -24,36 +27,13 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import ConfigError
+from ..models.families import LINEAR_SITE
 from ..models.transformer import Block
 from .folded import block_forward, block_math, dequantized
 from .layout import transform_sites
-from .quantizer import NO_QUANT_BITS, ActQuantizer, WeightQuantizer, check_bits
+from .quantizer import ActQuantizer, WeightQuantizer
+from .spec import NO_QUANT_BITS, QuantSpec
 from .transforms import SiteTransform
-
-
-@dataclass(frozen=True)
-class QuantSpec:
-    """How a block is quantized (the numerics), independent of how it is calibrated."""
-
-    w_bits: int = 4
-    a_bits: int = 4
-    transform: str = "learnable"  # none | hadamard | learnable
-    smooth: bool = True  # learnable per-channel scales
-    learn_w_clip: bool = True
-    learn_a_clip: bool = True
-
-    def __post_init__(self) -> None:
-        check_bits(self.w_bits, "weight", allow_16=True)
-        check_bits(self.a_bits, "activation", allow_16=True)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-LINEAR_SITE = {
-    "attn.q_proj": "qkv", "attn.k_proj": "qkv", "attn.v_proj": "qkv", "attn.o_proj": "o",
-    "mlp.gate_proj": "gate_up", "mlp.up_proj": "gate_up", "mlp.down_proj": "down",
-}
 
 
 def _key(linear: str) -> str:  # ModuleDict keys cannot hold dots
@@ -81,8 +61,25 @@ class QuantBlock(nn.Module):
             for name in LINEAR_SITE
         })
         self.weight_override: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._folded_cache: dict[str, torch.Tensor] | None = None
+        self._folded_cache: dict[str, torch.Tensor] | None = None  # set by convert()
         self.to(next(block.parameters()).device)
+
+    @property
+    def converted(self) -> bool:
+        return self._folded_cache is not None
+
+    def prepare(self) -> QuantBlock:
+        """The calibration form: differentiable fake-quant over learnable parameters."""
+        self._folded_cache = None
+        return self
+
+    @torch.no_grad()
+    def convert(self) -> QuantBlock:
+        """The deployment form: the folded arithmetic on the current parameters (16-bit
+        weights have no integer codes to fold, so such a block stays in calibration form)."""
+        if self.spec.w_bits != NO_QUANT_BITS:
+            self._folded_cache = dequantized(self.folded())
+        return self
 
     def linear(self, name: str) -> nn.Linear:
         return self.fp.get_submodule(name)
@@ -168,20 +165,11 @@ class QuantBlock(nn.Module):
             out[f"{name}.act_clip"] = self.act[name].clip().float().reshape(())
         return out
 
-    def forward(self, h, cos, sin, attn_mask, drop_prob: float = 0.0,
-                folded: bool | None = None):
-        """`folded` (default: whenever no gradient is being recorded) runs the deployment
-        arithmetic; otherwise the differentiable calibration form runs."""
-        if folded is None:  # 16-bit weights cannot be folded to codes: stay unfolded
-            folded = not torch.is_grad_enabled() and self.spec.w_bits != NO_QUANT_BITS
-        if folded:
-            # Evaluation runs the folded arithmetic itself, so a calibrated model and its
-            # exported form round every weight and activation identically.
-            if self._folded_cache is None:
-                self._folded_cache = dequantized(self.folded())
+    def forward(self, h, cos, sin, attn_mask, drop_prob: float = 0.0):
+        """The folded deployment arithmetic after `convert()`, else the calibration form."""
+        if self._folded_cache is not None:
             return block_forward(self._folded_cache, self.cfg, self.spec.a_bits, h, cos, sin,
                                  attn_mask)
-        self._folded_cache = None  # parameters are training: the fold is stale
         return block_math(
             self.cfg, h, cos, sin, attn_mask,
             norm=lambda name, x: getattr(self.fp, name)(x),

@@ -18,18 +18,9 @@ import math
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from .spec import NO_QUANT_BITS, check_bits
 
-SUPPORTED_BITS = range(2, 9)
-NO_QUANT_BITS = 16  # activations only: leave them in 16 bit (weight-only quantization)
 CLIP_INIT_LOGIT = 4.0  # sigmoid(4) = 0.982: a slight clip, learnable either way
-
-
-def check_bits(bits: int, what: str, allow_16: bool = False) -> int:
-    if bits in SUPPORTED_BITS or (allow_16 and bits == NO_QUANT_BITS):
-        return bits
-    allowed = "2-8" + (" or 16 (no quantization)" if allow_16 else "")
-    raise ConfigError(f"unsupported {what} bit width {bits}; supported: {allowed}")
 
 
 def qmax(bits: int) -> int:

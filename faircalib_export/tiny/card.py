@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .config import default_config
 from .tasks import get_task
 
 NAMES = {"llada": "LLaDA", "dream": "Dream"}
@@ -35,8 +36,6 @@ def _curve(history: list[dict]) -> str:
 
 
 def _reproduce(record: dict, name: str) -> str:
-    from .train import default_config
-
     family = record["family"]
     as_json = lambda d: json.loads(json.dumps(d))  # tuples -> lists, as in training.json
     if as_json(record["config"]) != as_json(default_config(family).to_dict()):

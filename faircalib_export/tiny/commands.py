@@ -40,7 +40,8 @@ def train_cmd(
         help="Stop after this many total steps, keeping the state for --resume.")] = None,
 ) -> None:
     """Train a tiny LLaDA- or Dream-style model on the `chain` task (CPU, deterministic)."""
-    from .train import default_config, train
+    from .config import default_config
+    from .train import train
 
     cfg = default_config(family, steps=steps, seed=seed, threads=threads,
                          batch_size=batch_size, eval_examples=eval_examples)
@@ -62,10 +63,12 @@ def eval_cmd(
     task: Annotated[str, typer.Option(help="Task name (chain, chain1).")] = "chain",
     limit: Annotated[int, typer.Option(help="Number of problems to score.")] = 500,
     split: Annotated[str, typer.Option(help="heldout, calib or train.")] = "heldout",
-    gen_length: Annotated[int | None, typer.Option(help="Generation window (default 32).")] = None,
-    steps: Annotated[int | None, typer.Option(help="Denoising steps (default 16).")] = None,
+    gen_length: Annotated[int | None, typer.Option(
+        help="Generation window (default: the model's generation_config.json).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Denoising steps (default: the model's).")
+                     ] = None,
     block_length: Annotated[int | None, typer.Option(
-        help="LLaDA semi-AR block length (default 8).")] = None,
+        help="LLaDA semi-AR block length (default: the model's).")] = None,
     batch_size: Annotated[int, typer.Option(help="Problems decoded together.")] = 64,
     seed: Annotated[int, typer.Option(help="Which problems of the split to draw.")] = 0,
     dtype: Annotated[str, typer.Option(help="fp32, bf16 or fp16.")] = "fp32",
@@ -73,11 +76,9 @@ def eval_cmd(
                                                 help="Write the results as JSON.")] = None,
 ) -> None:
     """Exact-match accuracy on a task, decoded with the model's own commit policy."""
-    from ..models.builtin import resolve_model
     from .evaluate import evaluate
 
-    path = resolve_model(model)
-    result = evaluate(path, task, limit, window=gen_length, steps=steps,
+    result = evaluate(model, task, limit, gen_length=gen_length, steps=steps,
                       block_length=block_length, batch_size=batch_size, seed=seed,
                       split=split, dtype=dtype, console=err_console)
     print_result(result)

@@ -1,83 +1,58 @@
-"""Exact-match accuracy of a tiny task model, decoded with its family's commit policy.
+"""Exact-match accuracy on a tiny task, decoded with the model's own commit policy.
 
-`evaluate(model_path, task, limit)` loads a checkpoint, decodes `limit` held-out problems
-in batches (LLaDA: low_confidence with semi-autoregressive blocks; Dream: entropy) and
-returns a JSON-able dict. Defaults decode a 32-token window in 16 steps, two tokens
-committed per step on average. Decoding is the project's runtime loop
-(`faircalib_export.decoding.generate_torch`), so the numbers are those the pipeline sees.
+`evaluate(model, task, limit)` opens a model of any kind (checkpoint, calibrated
+artifact, folded model, exported ONNX / TensorRT directory) through `opener.open_model`,
+decodes `limit` problems in batches with the model's default policy (its
+`generation_config.json` or `runtime.json`: for the tiny models a 32-token window in 16
+steps, LLaDA blocks of 8) and returns a JSON-able dict. `evaluate_model` scores an
+in-memory `DiffusionLM` (training monitors it) through the same loop.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import torch
-
-from ..models.families import get_family
 from ..models.transformer import DiffusionLM
 from .data import Encoder
-from .tasks import ChainTask, Split, get_task
+from .tasks import ChainTask, Example, Split, get_task
 
 
-@dataclass(frozen=True)
-class DecodeSettings:
-    policy: str  # "low_confidence" (LLaDA) or "entropy" (Dream)
-    window: int = 32  # generation length
-    steps: int = 16  # denoising steps over the whole window
-    block_length: int = 8  # LLaDA semi-AR block; ignored by Dream
-    eps: float = 1e-3  # Dream's final time; ignored by LLaDA
+# Decoding of the tiny task models: the whole answer window in half as many steps (two
+# commits per step), LLaDA in four semi-AR blocks. Written into each trained checkpoint's
+# generation_config.json, which every later stage reads.
+def tiny_decoding(family: str, window: int) -> dict:
+    """The decoding settings of a tiny model, in its family's policy fields."""
+    from faircalib_runtime.defaults import family_defaults, with_overrides
 
-    def __post_init__(self) -> None:
-        if self.policy not in ("low_confidence", "entropy"):
-            raise ValueError(f"unsupported policy {self.policy!r}")
-        if self.policy == "low_confidence":
-            if self.window % self.block_length:
-                raise ValueError("window must be a multiple of block_length")
-            if self.steps % (self.window // self.block_length):
-                raise ValueError("steps must split evenly across blocks")
-
-    @classmethod
-    def for_family(cls, family: str, **overrides) -> DecodeSettings:
-        settings = cls(policy=get_family(family).default_policy)
-        return cls(**{**asdict(settings), **{k: v for k, v in overrides.items()
-                                             if v is not None}})
-
-    def describe(self) -> str:
-        if self.policy == "low_confidence":
-            return (f"LLaDA low_confidence, greedy, gen length {self.window}, {self.steps} steps, "
-                    f"block length {self.block_length}")
-        return (f"Dream entropy, greedy, gen length {self.window}, {self.steps} steps, "
-                f"eps {self.eps}")
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "description": self.describe()}
+    settings = with_overrides(family_defaults(family), gen_length=window, steps=window // 2,
+                              block_length=window // 4 if family == "llada" else None)
+    return {k: v for k, v in settings.items() if k in ("gen_length", "max_new_tokens",
+                                                       "block_length", "steps")}
 
 
-# --- decoding ----------------------------------------------------------------------------
-
-def runtime_config(settings: DecodeSettings, mask_id: int, eos_id: int):
-    """The project's decode-loop config for these settings (greedy, no guidance)."""
-    from faircalib_runtime import DreamConfig, LLaDAConfig
-
-    if settings.policy == "low_confidence":
-        return LLaDAConfig(mask_id=mask_id, eos_ids=(eos_id,), gen_length=settings.window,
-                           block_length=settings.block_length, steps=settings.steps,
-                           temperature=0.0, remasking="low_confidence")
-    return DreamConfig(mask_id=mask_id, eos_ids=(eos_id,), max_new_tokens=settings.window,
-                       steps=settings.steps, eps=settings.eps, alg="entropy", temperature=0.0)
+def describe(policy) -> str:
+    """One line naming the policy and its shape, for tables and logs."""
+    d = policy.to_dict()
+    name = d.get("remasking") or d.get("alg") or d.get("policy")
+    shape = f"gen length {policy.window}, {d['steps']} steps"
+    if "block_length" in d:
+        shape += f", block length {d['block_length']}"
+    greedy = "greedy" if not d.get("temperature") else f"temperature {d['temperature']}"
+    return f"{d['policy']} {name}, {greedy}, {shape}"
 
 
-def decode(model: DiffusionLM, prompts: list[list[int]], enc: Encoder,
-           settings: DecodeSettings) -> list[list[int]]:
-    """Generated ids per prompt, cut at the first EOS (the runtime's loop, on torch)."""
-    from ..decoding import generate_torch
+def policy_for(model: DiffusionLM, enc: Encoder, **overrides):
+    """The family's default policy at the tiny decoding shape, for an in-memory model."""
+    from faircalib_runtime.defaults import family_defaults, policy_config, with_overrides
 
-    config = runtime_config(settings, enc.mask_id, enc.eos_id)
-    # DiffusionLM already returns position-aligned logits, so no shift here.
-    return generate_torch(model, prompts, config, shift=False).generated
+    family = model.cfg.family
+    settings = {**family_defaults(family), **tiny_decoding(family, enc.window)}
+    settings = with_overrides(settings, **overrides)
+    return policy_config(settings, mask_id=enc.mask_id, eos_ids=(enc.eos_id,),
+                         pad_id=enc.eos_id)
 
 
 # --- evaluation --------------------------------------------------------------------------
@@ -94,25 +69,42 @@ def resolve_console(console):
 
 
 def evaluate_model(model: DiffusionLM, enc: Encoder, task: ChainTask, limit: int,
-                   settings: DecodeSettings, *, batch_size: int = 64, seed: int = 0,
+                   policy=None, *, batch_size: int = 64, seed: int = 0,
                    split: Split | str = Split.HELDOUT, keep_samples: int = 8,
                    console=None) -> dict:
     """Accuracy of an in-memory model; `enc` supplies the tokenizer and special ids."""
+    from ..decoding import generate_torch
+
+    policy = policy or policy_for(model, enc)
+    model.eval()
+    return score(lambda ids: generate_torch(model, ids, policy, shift=False).generated,
+                 enc.prompt_ids, lambda ids: enc.tok.decode(ids, skip_special_tokens=True),
+                 task, limit, policy, batch_size=batch_size, seed=seed, split=split,
+                 keep_samples=keep_samples, console=console)
+
+
+def score(generate: Callable[[list[list[int]]], list[list[int]]],
+          encode: Callable[[list[Example]], list[list[int]]],
+          decode: Callable[[Sequence[int]], str], task: ChainTask, limit: int, policy, *,
+          batch_size: int, seed: int, split: Split | str, keep_samples: int = 8,
+          console=None) -> dict:
+    """The scoring loop: decode `limit` problems of `task` in batches, check each answer."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
     console = resolve_console(console)
     examples = task.examples(split, limit, seed=seed)
     correct, samples, answered = 0, [], 0
     start = time.perf_counter()
-    model.eval()
     with Progress(TextColumn("[bold]eval {task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("acc {task.fields[acc]}"), console=console) as progress:
         bar = progress.add_task(task.name, total=len(examples), acc="-")
         for lo in range(0, len(examples), batch_size):
             chunk = examples[lo:lo + batch_size]
-            generated = decode(model, enc.prompt_ids(chunk), enc, settings)
+            generated = generate(encode(chunk))
             for ex, ids in zip(chunk, generated, strict=True):
-                text = enc.tok.decode(ids, skip_special_tokens=True)
+                text = decode(ids)
                 ok = task.check(ex, text)
                 correct += ok
                 answered += "answer" in text
@@ -132,37 +124,42 @@ def evaluate_model(model: DiffusionLM, enc: Encoder, task: ChainTask, limit: int
         "accuracy": acc,
         "stderr": math.sqrt(acc * (1 - acc) / n),
         "answered": answered / n,  # share of outputs that contain "answer N" at all
-        "decoding": settings.to_dict(),
+        "decoding": {**policy.to_dict(), "window": policy.window,
+                     "description": describe(policy)},
         "time_s": round(time.perf_counter() - start, 2),
         "samples": samples,
     }
 
 
-def evaluate(model_path: str | Path, task: str = "chain", limit: int = 500, *,
-             window: int | None = None, steps: int | None = None,
+def evaluate(model: str | Path, task: str = "chain", limit: int = 500, *,
+             gen_length: int | None = None, steps: int | None = None,
              block_length: int | None = None, batch_size: int = 64, seed: int = 0,
              split: str = "heldout", dtype: str = "fp32", threads: int | None = None,
              console=None) -> dict:
-    """Score a checkpoint, calibrated artifact (fake-quant) or folded model on `limit`
-    problems of `task`; `dtype` applies to checkpoints only."""
-    from ..generate import open_model
-    from ..models.loading import load_model
-    from .data import backend_tokenizer
+    """Score a model of any kind on `limit` problems of `task` (`dtype`: checkpoints only)."""
+    from ..errors import ConfigError
+    from ..opener import open_model
 
     if threads:
+        import torch
+
         torch.set_num_threads(threads)
-    opened = open_model(model_path)
-    model = opened.model
-    if opened.kind == "checkpoint" and dtype != "fp32":
-        model = load_model(opened.path, dtype=dtype)
-    elif opened.kind != "checkpoint" and dtype != "fp32":
-        raise ValueError(f"--dtype applies to checkpoints; {model_path} is {opened.kind}")
-    task_obj = get_task(task)
-    tok = backend_tokenizer(opened.tokenizer)
-    settings = DecodeSettings.for_family(opened.cfg.family, window=window, steps=steps,
-                                         block_length=block_length)
-    enc = Encoder(opened.cfg.family, tok, settings.window)
-    result = evaluate_model(model, enc, task_obj, limit, settings, batch_size=batch_size,
-                            seed=seed, split=split, console=console)
-    return {"model": str(model_path), "kind": opened.kind, "family": opened.cfg.family,
+    try:
+        task_obj = get_task(task)
+    except KeyError as err:
+        raise ConfigError(str(err.args[0])) from None
+    opened = open_model(model)
+    if dtype != "fp32":
+        if opened.kind != "checkpoint":
+            raise ConfigError(f"--dtype applies to checkpoints; {model} is {opened.kind}")
+        from ..models.loading import load_model
+
+        opened.model = load_model(opened.path, dtype=dtype)
+    policy = opened.policy(gen_length=gen_length, steps=steps, block_length=block_length)
+    text = opened.text_decoder(chat=True)
+    result = score(lambda ids: opened.generate(ids, policy).generated,
+                   lambda examples: [text.encode(ex.prompt) for ex in examples], text.decode,
+                   task_obj, limit, policy, batch_size=batch_size, seed=seed, split=split,
+                   console=console)
+    return {"model": str(model), "kind": opened.kind, "family": opened.family,
             "dtype": dtype, **result}

@@ -17,7 +17,7 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -28,72 +28,11 @@ from ..models.tiny import tiny_config
 from ..models.tokenizer_files import write_tokenizer
 from ..models.transformer import DiffusionLM
 from .card import render_card
+from .config import TrainConfig, default_config
 from .data import Batch, Encoder, make_batch, padded_vocab_size, task_tokenizer
 from .tasks import Split, get_task
 
 STATE_FILE = "train_state.pt"
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    task: str = "chain"
-    window: int = 32  # answer window (generation length) in tokens
-    # model shape
-    hidden_size: int = 192
-    intermediate_size: int = 576
-    num_layers: int = 4
-    num_heads: int = 6
-    num_kv_heads: int = 6
-    # optimization
-    steps: int = 3000
-    batch_size: int = 32
-    lr: float = 1.5e-3
-    min_lr_ratio: float = 0.05  # cosine floor, as a fraction of lr
-    warmup_steps: int = 200
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.98)
-    grad_clip: float = 1.0
-    mask_eps: float = 1e-3  # lower bound of the masking ratio t
-    seed: int = 0
-    threads: int = 1  # torch CPU threads (the two shipped models train side by side)
-    # bookkeeping
-    checkpoint_every: int = 250  # steps between resumable training checkpoints
-    log_every: int = 50
-    # Accuracy on calibration-split problems while training (never the held-out split,
-    # which is only scored once, at the end); 0 turns it off.
-    monitor_every: int = 250
-    monitor_examples: int = 64
-    eval_examples: int = 500  # held-out examples scored for the model card
-
-    def __post_init__(self) -> None:
-        if self.steps <= 0 or self.batch_size <= 0:
-            raise ValueError("steps and batch_size must be positive")
-        if not 0 < self.mask_eps < 1:
-            raise ValueError(f"mask_eps must be in (0, 1), got {self.mask_eps}")
-        if self.window <= get_task(self.task).max_target_tokens():
-            raise ValueError(f"window {self.window} cannot hold the longest {self.task} target "
-                             f"({get_task(self.task).max_target_tokens()} tokens) plus EOS")
-        if self.monitor_every % self.log_every:
-            raise ValueError("monitor_every must be a multiple of log_every")
-        object.__setattr__(self, "betas", tuple(self.betas))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-# The shipped models: one default config per family (the only place these values live).
-DEFAULT_CONFIGS: dict[str, TrainConfig] = {
-    "llada": TrainConfig(seed=1),
-    "dream": TrainConfig(num_kv_heads=2, intermediate_size=640, seed=2),
-}
-
-
-def default_config(family: str, **overrides) -> TrainConfig:
-    try:
-        base = DEFAULT_CONFIGS[family]
-    except KeyError:
-        raise KeyError(f"no default config for family {family!r}") from None
-    return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
 # --- objective ---------------------------------------------------------------------------
@@ -244,10 +183,9 @@ def train_steps(model: DiffusionLM, enc: Encoder, opt, cfg: TrainConfig, state: 
 
 
 def monitor_accuracy(model: DiffusionLM, enc: Encoder, cfg: TrainConfig) -> float:
-    from .evaluate import DecodeSettings, evaluate_model
+    from .evaluate import evaluate_model
 
-    settings = DecodeSettings.for_family(model.cfg.family, window=cfg.window)
-    result = evaluate_model(model, enc, get_task(cfg.task), cfg.monitor_examples, settings,
+    result = evaluate_model(model, enc, get_task(cfg.task), cfg.monitor_examples,
                             batch_size=cfg.monitor_examples, split=Split.CALIB, console=False)
     return result["accuracy"]
 
@@ -285,7 +223,7 @@ def train(
     )
 
     # Imported up front so a long run never picks up a half-edited module at its end.
-    from .evaluate import DecodeSettings, evaluate_model, resolve_console
+    from .evaluate import describe, evaluate_model, policy_for, resolve_console, tiny_decoding
 
     console = resolve_console(console)
     cfg = config or default_config(family)
@@ -342,9 +280,9 @@ def train(
                 "state": str(state_path)}
 
     model.eval()
-    settings = DecodeSettings.for_family(family, window=cfg.window)
-    console.log(f"scoring {cfg.eval_examples} held-out examples ({settings.describe()})")
-    result = evaluate_model(model, enc, get_task(cfg.task), cfg.eval_examples, settings,
+    policy = policy_for(model, enc)
+    console.log(f"scoring {cfg.eval_examples} held-out examples ({describe(policy)})")
+    result = evaluate_model(model, enc, get_task(cfg.task), cfg.eval_examples, policy,
                             console=console)
     record = {
         "family": family,
@@ -361,6 +299,7 @@ def train(
     }
     card = render_card(record, Path(out_dir).name)
     save_checkpoint(model, out_dir, lambda d: write_tokenizer(d, enc.tok, family),
+                    decoding=tiny_decoding(family, cfg.window),
                     extra_files={"README.md": card,
                                  "training.json": json.dumps(record, indent=2) + "\n"})
     console.log(f"wrote {out_dir}: held-out accuracy {result['accuracy']:.1%} "

@@ -155,4 +155,4 @@ def open_tensorrt(directory: str | Path, plugin_library: str | Path | None = Non
 
     backend = TensorRTBackend(directory, plugin_library)
     return Exported(backend, ExportedTokenizer(Path(directory), backend.config, chat),
-                    backend.config, kind="tensorrt")
+                    backend.config, kind="tensorrt", path=Path(directory))

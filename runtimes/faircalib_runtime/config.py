@@ -130,7 +130,9 @@ class LLaDAConfig(PolicyConfig):
     policy: ClassVar[str] = "llada"
 
     gen_length: int = 128
-    block_length: int = 128
+    # generate()'s signature says 128; its own example and chat.py decode in blocks of 32,
+    # which is what a user of the chat model gets: that is the default here.
+    block_length: int = 32
     steps: int = 128
     temperature: float = 0.0
     remasking: Remasking = Remasking.LOW_CONFIDENCE

@@ -1,28 +1,41 @@
 """Default decoding settings per model family, and user overrides in generic terms.
 
-Family defaults follow the reference scripts (LLaDA: low_confidence, 128 tokens in 128
-steps, blocks of 32; Dream: entropy, 128 tokens in 128 steps). A checkpoint may record
-its own defaults under `faircalib_decoding` in `generation_config.json` (the tiny
-models do: they were trained for a 32-token window); exported models carry the
-resolved settings in their runtime config.
+The family defaults are the policy configs' own field defaults (`config.py`: LLaDA
+low_confidence, 128 tokens in 128 steps, blocks of 32; Dream entropy, 128 tokens in 128
+steps), so each is written once. A checkpoint may record its own defaults under
+`faircalib_decoding` in `generation_config.json` (the tiny models do: they were trained
+for a 32-token window); exported models carry the resolved settings in their runtime
+config.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from enum import Enum
 from typing import Any
 
-from .config import PolicyConfig, PolicyConfigError
+from .config import DreamAlg, DreamConfig, LLaDAConfig, PolicyConfig, PolicyConfigError, Remasking
 
 GENERATION_KEY = "faircalib_decoding"
+# Fields that say what to decode, not how: never part of a family's decoding defaults.
+_IDENTITY_FIELDS = {f.name for f in dataclasses.fields(PolicyConfig)}
+
+
+def _field_defaults(cls: type[PolicyConfig]) -> dict[str, Any]:
+    out: dict[str, Any] = {"policy": cls.policy}
+    for f in dataclasses.fields(cls):
+        if f.name in _IDENTITY_FIELDS or f.default is dataclasses.MISSING or f.default is None:
+            continue
+        out[f.name] = f.default.value if isinstance(f.default, Enum) else f.default
+    return out
+
 
 FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "llada": {"policy": "llada", "gen_length": 128, "block_length": 32, "steps": 128,
-              "remasking": "low_confidence", "temperature": 0.0},
-    "dream": {"policy": "dream", "max_new_tokens": 128, "steps": 128, "alg": "entropy",
-              "eps": 1e-3, "temperature": 0.0},
+    "llada": _field_defaults(LLaDAConfig),
+    "dream": _field_defaults(DreamConfig),
 }
-LLADA_REMASKING = ("low_confidence", "random")
-DREAM_ALGS = ("entropy", "maskgit_plus", "topk_margin", "origin")
+LLADA_REMASKING = tuple(m.value for m in Remasking)
+DREAM_ALGS = tuple(m.value for m in DreamAlg)
 
 
 def family_defaults(family: str, generation_config: dict | None = None) -> dict[str, Any]:

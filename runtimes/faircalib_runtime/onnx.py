@@ -114,13 +114,47 @@ class ExportedTokenizer:
 
 @dataclass
 class Exported:
+    """An exported model opened for decoding (faircalib_export's `OpenedModel` protocol)."""
+
     session: OnnxBackend
     tokenizer: ExportedTokenizer
     config: dict
     kind: str = "onnx"
+    path: Path | None = None
+
+    @property
+    def family(self) -> str:
+        return self.config["family"]
+
+    @property
+    def mask_id(self) -> int:
+        return int(self.config["mask_token_id"])
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.config["vocab_size"])
+
+    @property
+    def eos_ids(self) -> tuple[int, ...]:
+        return tuple(int(i) for i in self.config["eos_token_ids"])
+
+    @property
+    def max_length(self) -> int:
+        return int(self.config["deploy_config"]["max_position_embeddings"])
+
+    def model_config(self) -> dict:
+        return dict(self.config["deploy_config"])
+
+    def vocab(self) -> dict[str, int]:
+        return self.tokenizer.tokenizer.get_vocab(with_added_tokens=True)
 
     def backend(self, device: str | None = None) -> OnnxBackend:
         return self.session
+
+    def generate(self, prompts, config: PolicyConfig, **kwargs: Any):
+        from .decode import generate
+
+        return generate(self.session, prompts, config, **kwargs)
 
     def text_decoder(self, chat: bool = True):
         from .text import TextDecoder
@@ -139,4 +173,5 @@ def open_exported(directory: str | Path, providers: Sequence[str] | None = None,
                   chat: bool = True, threads: int | None = None) -> Exported:
     directory = Path(directory)
     backend = OnnxBackend(directory, providers, threads)
-    return Exported(backend, ExportedTokenizer(directory, backend.config, chat), backend.config)
+    return Exported(backend, ExportedTokenizer(directory, backend.config, chat), backend.config,
+                    path=directory)

@@ -11,7 +11,7 @@ import typer
 from typer.testing import CliRunner
 
 from faircalib_export.calibrate.artifact import run_calibration
-from faircalib_export.calibrate.stage2 import CalibConfig
+from faircalib_export.calibrate.config import CalibConfig
 from faircalib_export.diagnose.commands import diagnose_cmd
 from faircalib_export.diagnose.students import calibration_origin, load_student
 from faircalib_export.fold.fold import fold_artifact

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from faircalib_export.calibrate.artifact import run_calibration
-from faircalib_export.calibrate.stage2 import CalibConfig
+from faircalib_export.calibrate.config import CalibConfig
 from faircalib_export.cli import main
 from faircalib_export.export.onnx_export import export_onnx
 from faircalib_export.fold.fold import fold_artifact

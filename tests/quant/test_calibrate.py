@@ -10,8 +10,9 @@ import torch
 from safetensors.torch import load_file
 
 from faircalib_export.calibrate.artifact import load_quantized, run_calibration
+from faircalib_export.calibrate.config import CalibConfig, CalibrationError
 from faircalib_export.calibrate.data import calibration_tokens, read_documents
-from faircalib_export.calibrate.stage2 import CalibConfig, CalibrationError, weighted_mse
+from faircalib_export.calibrate.stage2 import weighted_mse
 from faircalib_export.errors import ConfigError
 from faircalib_export.models.loading import load_model, load_tokenizer
 from faircalib_export.models.tiny import write_tiny_checkpoint

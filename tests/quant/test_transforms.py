@@ -67,7 +67,8 @@ def test_o_site_scale_shared_within_kv_group():
 
 def test_identity_block_at_16_bits_reproduces_full_precision(dream_dir):
     from faircalib_export.models.loading import load_model
-    from faircalib_export.quant.qblock import QuantBlock, QuantSpec
+    from faircalib_export.quant.qblock import QuantBlock
+    from faircalib_export.quant.spec import QuantSpec
 
     model = load_model(dream_dir)
     block = model.blocks[0]

@@ -1,6 +1,6 @@
 """Shared constants of the tiny-model tests (imported by module name, like runtime_mocks)."""
 
-from faircalib_export.tiny.train import TrainConfig
+from faircalib_export.tiny.config import TrainConfig
 
 # A one-block model that trains in milliseconds.
 MICRO = TrainConfig(hidden_size=48, intermediate_size=144, num_layers=1, num_heads=2,

@@ -14,7 +14,7 @@ import torch
 from trt_env import nvcc_path
 
 from faircalib_export.calibrate.artifact import run_calibration
-from faircalib_export.calibrate.stage2 import CalibConfig
+from faircalib_export.calibrate.config import CalibConfig
 from faircalib_export.fold.fold import fold_artifact
 from faircalib_export.models.tiny import write_tiny_checkpoint
 from faircalib_export.probe.prior import Prior

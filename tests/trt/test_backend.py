@@ -74,7 +74,7 @@ def test_engine_matches_folded_pytorch(engine_dir):
 @pytest.mark.gpu
 def test_greedy_decode_matches_pytorch(engine_dir):
     from faircalib_export.decoding.torch_backend import TorchBackend
-    from faircalib_export.generate import open_model
+    from faircalib_export.opener import open_model
     from faircalib_export.trt.backend import TensorRTBackend
     from faircalib_runtime import generate
 
