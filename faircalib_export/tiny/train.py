@@ -32,7 +32,7 @@ from .config import TrainConfig, default_config
 from .data import Batch, Encoder, make_batch, padded_vocab_size, task_tokenizer
 from .tasks import Split, get_task
 
-STATE_FILE = "train_state.pt"
+STATE_FILE = "train_state.safetensors"  # tensors + JSON metadata: loading runs no code
 
 
 # --- objective ---------------------------------------------------------------------------
@@ -140,23 +140,52 @@ class TrainState:
 
 
 def save_state(path: Path, model, opt, state: TrainState, family: str, cfg: TrainConfig) -> None:
+    """Model, optimizer moments and RNG as safetensors; everything else as JSON metadata.
+
+    No pickle: a state file from elsewhere can hold wrong numbers, never code.
+    """
+    from safetensors.torch import save_file
+
     path.parent.mkdir(parents=True, exist_ok=True)
+    opt_state = opt.state_dict()
+    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    for index, slots in opt_state["state"].items():
+        for key, value in slots.items():
+            tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).contiguous()
+    tensors["torch_rng"] = torch.get_rng_state()
+    meta = {"family": family, "config": cfg.to_dict(), "state": asdict(state),
+            "param_groups": opt_state["param_groups"]}
     tmp = path.with_suffix(".tmp")
-    torch.save({"family": family, "config": cfg.to_dict(), "model": model.state_dict(),
-                "optimizer": opt.state_dict(), "state": asdict(state),
-                "torch_rng": torch.get_rng_state()}, tmp)
+    save_file(tensors, str(tmp), metadata={"faircalib_train_state": json.dumps(meta)})
     tmp.replace(path)  # atomic: a crash mid-write keeps the previous state
 
 
 def load_state(path: Path, model, opt, family: str, cfg: TrainConfig) -> TrainState:
-    saved = torch.load(path, map_location="cpu", weights_only=False)
-    if saved["family"] != family or saved["config"] != cfg.to_dict():
-        raise ValueError(f"{path} was written by a different run "
-                         f"({saved['family']}, {saved['config']}); refusing to resume")
-    model.load_state_dict(saved["model"])
-    opt.load_state_dict(saved["optimizer"])
-    torch.set_rng_state(saved["torch_rng"])
-    return TrainState(**saved["state"])
+    from safetensors import SafetensorError, safe_open
+
+    from ..errors import CheckpointError
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads((f.metadata() or {})["faircalib_train_state"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, KeyError, json.JSONDecodeError, OSError) as err:
+        raise CheckpointError(f"{path}: not a training state written by `tiny train` "
+                              f"({type(err).__name__}: {err})") from None
+    saved_cfg = json.loads(json.dumps(cfg.to_dict()))  # tuples -> lists, as stored
+    if meta.get("family") != family or meta.get("config") != saved_cfg:
+        raise CheckpointError(f"{path} was written by a different run ({meta.get('family')}, "
+                              f"{meta.get('config')}); refusing to resume")
+    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items()
+                           if k.startswith("model.")})
+    slots: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            slots.setdefault(int(index), {})[name] = value
+    opt.load_state_dict({"state": slots, "param_groups": meta["param_groups"]})
+    torch.set_rng_state(tensors["torch_rng"])
+    return TrainState(**meta["state"])
 
 
 def train_steps(model: DiffusionLM, enc: Encoder, opt, cfg: TrainConfig, state: TrainState,

@@ -25,7 +25,7 @@ def test_train_cmd_writes_a_checkpoint_and_can_resume(tmp_path: Path, capsys):
             "--eval-examples", "2", "--batch-size", "4", "--state-dir", str(state)]
     code, text = _cli(capsys, *args, "--stop-after", "2")
     assert code == 0, text
-    assert (state / "train_state.pt").is_file() and not out.exists()
+    assert (state / "train_state.safetensors").is_file() and not out.exists()
     code, text = _cli(capsys, *args, "--resume")
     assert code == 0, text
     record = json.loads((out / "training.json").read_text())

@@ -11,6 +11,7 @@ import pytest
 import torch
 from tiny_helpers import MICRO
 
+from faircalib_export.errors import CheckpointError
 from faircalib_export.models.loading import load_model
 from faircalib_export.tiny.card import refresh_card
 from faircalib_export.tiny.data import Batch
@@ -129,6 +130,38 @@ def test_resume_continues_exactly(family, tmp_path: Path):
 
 def test_resume_refuses_state_from_a_different_config(tmp_path: Path):
     train("llada", tmp_path / "m", MICRO, state_dir=tmp_path / "s", stop_after=2, console=False)
-    with pytest.raises(ValueError, match="different run"):
+    with pytest.raises(CheckpointError, match="different run"):
         train("llada", tmp_path / "m", replace(MICRO, lr=1e-2), state_dir=tmp_path / "s",
               resume=True, console=False)
+
+
+class _Payload:
+    """Unpickling this calls os.system: what a malicious pickle state file does."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_malicious_state_file_runs_nothing(tmp_path: Path):
+    """Resume reads safetensors + JSON only: a pickle in the state's place is refused,
+    and the code inside it never runs (a torch.load(weights_only=False) would run it)."""
+    import pickle
+
+    from faircalib_export.tiny.train import STATE_FILE
+
+    marker = tmp_path / "pwned"
+    state = tmp_path / "s"
+    state.mkdir()
+    (state / STATE_FILE).write_bytes(pickle.dumps(_Payload(marker)))
+    torch.save({"x": _Payload(marker)}, state / "train_state.pt")  # the old file name too
+    with pytest.raises(CheckpointError, match="not a training state"):
+        train("llada", tmp_path / "m", MICRO, state_dir=state, resume=True, console=False)
+    assert not marker.exists()
+    # the payload is live: unpickling it the old way does run it
+    torch.load(state / "train_state.pt", weights_only=False)
+    assert marker.exists()
