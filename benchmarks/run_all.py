@@ -27,7 +27,8 @@ def jobs(quick: bool, gpu: bool) -> list[list[str]]:
            ["bench_load_memory.py"],
            ["bench_export.py"] + (["--model", "llada-chain"] if quick else []),
            ["bench_policy.py"],
-           ["bench_probe.py"]]
+           ["bench_probe.py"],
+           ["bench_build_recipe.py"] + (["--recipes", "2x32"] if quick else [])]
     if gpu:
         out.append(["bench_gemm_trt.py"])
     return out

@@ -27,15 +27,26 @@ def test_readme_opens_with_two_commands():
 
 
 def test_readme_main_job_runs(tmp_path):
+    """The main job as README.md spells it: build on the embedded default, in a fresh
+    directory, ending with validation and the FP-vs-W4A4 quality summary."""
     install, _ = _setup_commands()
     main_job = install.split("&&", 1)[1].strip()
     argv = shlex.split(main_job)
-    assert argv[0] == "faircalib-export"
-    env = {"FAIRCALIB_CACHE": str(tmp_path), "COLUMNS": "160", "PATH": "/usr/bin:/bin"}
+    assert argv[:3] == ["faircalib-export", "build", "llada-chain"]
+    env = {"FAIRCALIB_CACHE": str(tmp_path / "cache"), "COLUMNS": "200",
+           "PATH": "/usr/bin:/bin"}
     result = subprocess.run([sys.executable, "-m", "faircalib_export", *argv[1:]],
-                            capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert "Linear layers quantized to W4A4" in result.stdout
+                            capture_output=True, text=True, env=env, timeout=900,
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = tmp_path / argv[argv.index("-o") + 1]
+    assert (out / "onnx" / "model.onnx").is_file() and (out / "quality.json").is_file()
+    for line in ("validation passed", "quality: chain held-out accuracy FP",
+                 "quality: teacher-forced KL(FP || W4A4)"):
+        assert line in result.stdout
+    # the summary README.md shows is the summary the command prints
+    shown = (ROOT / "README.md").read_text().split("## Set up and run", 1)[1]
+    assert "validation passed: exported ONNX vs calibrated PyTorch" in shown
 
 
 def _pipeline_commands() -> list[list[str]]:
