@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from faircalib_runtime.onnx import RUNTIME_JSON  # exported graphs: what the runtime reads
@@ -28,6 +29,7 @@ from .errors import ConfigError
 MANIFEST = "manifest.json"
 DEPLOY_JSON = "deploy.json"  # folded models
 TENSORRT_VARIANT = "tensorrt-plugins"
+BUILD_JSON = "build.json"  # a build directory's record of its stages
 
 # Artifact kinds, in the order they are recognized (exported before folded before
 # calibrated before plain checkpoint: a later kind's marker file may sit in an earlier one).
@@ -68,28 +70,184 @@ def detect_kind(path: str | Path) -> str | None:
     return None
 
 
-@contextmanager
-def atomic_dir(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
+class OutputError(ConfigError):
+    """An output path this command may not write: it would lose a user's file."""
+
+
+def artifact_kind(path: Path) -> str | None:
+    """The kind this toolchain wrote into `path` (its manifest; build.json for a build)."""
+    if (path / MANIFEST).is_file():
+        try:
+            return read_json(path / MANIFEST).get("kind")
+        except ConfigError:
+            return None
+    if (path / BUILD_JSON).is_file():
+        return "build"
+    return None
+
+
+def check_output(path: str | Path, kind: str, inputs: tuple = (), overwrite: bool = False
+                 ) -> None:
+    """Refuse an output that would destroy something: the input, a file, a foreign directory.
+
+    OUT may be absent, an empty directory, or an artifact of the same `kind` (replaced);
+    a non-empty directory of anything else only with `overwrite`, and then it is moved
+    aside, never deleted.
+    """
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    resolved = path.resolve()
+    for item in inputs:
+        source = Path(item).resolve()
+        if resolved == source or source in resolved.parents:
+            where = "the input" if resolved == source else "inside the input"
+            raise OutputError(f"-o {path} is {where} {item}: choose an output outside it")
+        if resolved in source.parents:
+            raise OutputError(f"-o {path} contains the input {item}: choose another output")
+    for parent in resolved.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputError(f"-o {path}: {parent} is a file, not a directory")
+            break
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise OutputError(f"-o {path} is an existing file; choose a directory path")
+    if path.is_dir() and any(path.iterdir()) and artifact_kind(path) != kind and not overwrite:
+        raise OutputError(f"-o {path} is a non-empty directory that is not a {kind} artifact; "
+                          f"choose another output, or pass --overwrite (the directory is then "
+                          f"moved aside to {path.name}.replaced-TIME, not deleted)")
+
+
+def _pid_alive(pid: int) -> bool:
     try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if path.exists():
-        old = path.parent / f".{path.name}.old-{os.getpid()}"
-        path.rename(old)
-        tmp.rename(path)
-        shutil.rmtree(old, ignore_errors=True)
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def _stale(entry: Path, marker: str) -> bool:
+    """A `.NAME.tmp-PID` / `.NAME.old-PID` left by a process that is gone."""
+    pid = entry.name.rsplit(marker, 1)[-1]
+    return pid.isdigit() and not _pid_alive(int(pid))
+
+
+def clean_stale(path: Path, log=None) -> list[Path]:
+    """Remove temp dirs of `path` left by killed runs; returns what was removed."""
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    for marker in (".tmp-", ".old-"):
+        for entry in path.parent.glob(f".{path.name}{marker}*"):
+            if _stale(entry, marker):
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry)
+                if log is not None:
+                    log(f"removed {entry}, left by a killed run")
+    return removed
+
+
+@dataclass
+class Output:
+    """A claimed output directory: checked, locked, and replaced only by `commit`."""
+
+    path: Path
+    kind: str
+    overwrite: bool
+    moved_aside: Path | None = None
+
+    def commit(self, tmp: Path) -> Path:
+        """Rename the finished `tmp` onto the output (see `check_output` for the rules)."""
+        path = self.path
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+        if not path.exists():
+            tmp.rename(path)
+        elif artifact_kind(path) == self.kind:  # ours, of this kind: replace it
+            old = path.parent / f".{path.name}.old-{os.getpid()}"
+            path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:  # --overwrite of a foreign directory: keep it beside
+            aside = path.parent / f"{path.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+            path.rename(aside)
+            tmp.rename(path)
+            self.moved_aside = aside
+        return path
+
+
+@contextmanager
+def claim_output(path: str | Path, kind: str, *, inputs: tuple = (), overwrite: bool = False
+                 ) -> Iterator[Output]:
+    """Check OUT, clean stale temp dirs, and hold `.OUT.lock` while the command writes.
+
+    A second writer of the same OUT fails at once, naming the process that holds it.
+    """
+    path = Path(path)
+    check_output(path, kind, inputs, overwrite)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"-o {path}: cannot create {path.parent} ({err.strerror})") from None
+    clean_stale(path)
+    lock = path.parent / f".{path.name}.lock"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            text = lock.read_text().strip() if lock.is_file() else ""
+            if text.isdigit() and _pid_alive(int(text)) and int(text) != os.getpid():
+                raise OutputError(f"{path} is being written by PID {text} "
+                                  f"(lock {lock})") from None
+            lock.unlink(missing_ok=True)  # left by a killed run
+        except OSError as err:
+            raise OutputError(f"-o {path}: cannot write in {path.parent} "
+                              f"({err.strerror})") from None
     else:
-        tmp.rename(path)
+        raise OutputError(f"{path}: cannot take the lock {lock}")
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{os.getpid()}\n")
+    try:
+        yield Output(path, kind, overwrite)
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_dir(path: str | Path, kind: str, *, inputs: tuple = (), overwrite: bool = False
+               ) -> Iterator[Path]:
+    """A temp sibling to write into, renamed onto `path` only if the block succeeds."""
+    path = Path(path)
+    with claim_output(path, kind, inputs=inputs, overwrite=overwrite) as out:
+        tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        try:
+            yield tmp
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        out.commit(tmp)
+
+
+@contextmanager
+def claim_workdir(path: str | Path, kind: str, *, inputs: tuple = (), overwrite: bool = False
+                  ) -> Iterator[Path]:
+    """A directory a long command fills over several runs (build, compare), claimed like
+    an artifact: marked with a manifest of its kind at once, so a rerun after a crash
+    recognizes its own work and resumes; a foreign one is moved aside with `overwrite`."""
+    path = Path(path)
+    with claim_output(path, kind, inputs=inputs, overwrite=overwrite) as claim:
+        if path.is_dir() and any(path.iterdir()) and artifact_kind(path) != kind:
+            fresh = path.parent / f".{path.name}.tmp-{os.getpid()}"
+            fresh.mkdir()
+            claim.commit(fresh)  # --overwrite: the old contents move aside, kept
+        path.mkdir(parents=True, exist_ok=True)
+        if artifact_kind(path) != kind:
+            write_manifest(path, kind, {})
+        yield path
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:

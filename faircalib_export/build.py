@@ -18,16 +18,14 @@ that changed). An interrupted calibration resumes from its finished blocks.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .artifacts import MANIFEST
+from .artifacts import BUILD_JSON, MANIFEST, read_json
 from .errors import ConfigError, FaircalibError
 
-BUILD_JSON = "build.json"
 QUALITY_JSON = "quality.json"
 QUALITY_PROBLEMS = 200  # held-out problems scored for FP vs W4A4 accuracy
 QUALITY_PROMPTS = 32  # prompts of the teacher-forced FP vs W4A4 comparison
@@ -90,24 +88,35 @@ def _complete(directory: Path) -> bool:
 
 
 def run_build(model: str, target: str, out: str | Path, settings: BuildSettings,
-              log: Callable[[str], None] = print) -> BuildResult:
-    """Run every stage; returns the stage results, the validation report and the quality."""
+              log: Callable[[str], None] = print, overwrite: bool = False) -> BuildResult:
+    """Run every stage; returns the stage results, the validation report and the quality.
+
+    OUT is claimed for the whole run: absent, empty, an earlier build (resumed), or with
+    `overwrite` a foreign directory moved aside; a second concurrent build is refused.
+    """
+    from .artifacts import claim_workdir
+    from .models.builtin import resolve_model
+
+    out = Path(out)
+    model_path = resolve_model(model)
+    with claim_workdir(out, "build", inputs=(model_path,), overwrite=overwrite):
+        return _run_build(model_path, target, out, settings, log)
+
+
+def _run_build(model_path: Path, target: str, out: Path, settings: BuildSettings,
+               log: Callable[[str], None]) -> BuildResult:
     from .calibrate.config import CalibConfig
     from .calibrate.entry import calibrate_checkpoint
     from .calibrate.methods import get_method
     from .export.onnx_export import ExportOptions, export_onnx
     from .fold.fold import fold_artifact
-    from .models.builtin import resolve_model
     from .models.loading import read_config
     from .trt.targets import load_target
 
-    out = Path(out)
-    model_path = resolve_model(model)
     target_profile = load_target(target)
     hidden = read_config(model_path)[1].hidden_size
-    out.mkdir(parents=True, exist_ok=True)
     record_file = out / BUILD_JSON
-    previous = json.loads(record_file.read_text())["stages"] if record_file.is_file() else {}
+    previous = read_json(record_file).get("stages", {}) if record_file.is_file() else {}
     record: dict = {"model": str(model_path), "target": target_profile.name, "stages": {}}
     results: list[StageResult] = []
     upstream_changed = False
@@ -119,9 +128,7 @@ def run_build(model: str, target: str, out: str | Path, settings: BuildSettings,
         if _complete(directory) and same and not upstream_changed:
             results.append(StageResult(name, "skipped (up to date)", 0.0))
         else:
-            upstream_changed = True
-            if directory.exists() and not same:
-                shutil.rmtree(directory)  # stale output from other settings
+            upstream_changed = True  # the stage's writer replaces its own stale output
             log(f"[{name}] running")
             detail = run()
             results.append(StageResult(name, "done", time.time() - start, detail))
@@ -157,14 +164,20 @@ def run_build(model: str, target: str, out: str | Path, settings: BuildSettings,
                                                   ExportOptions(variant=variant))))
 
     if settings.tensorrt:
+        from .trt.errors import PluginLibraryError, TensorRTUnavailableError
+        from .trt.export import export_tensorrt
+
         start = time.time()
         try:
-            from .trt.export import export_tensorrt
-
             export_tensorrt(out / "deploy", out / "tensorrt", target_profile)
             results.append(StageResult("tensorrt", "done", time.time() - start))
-        except FaircalibError as err:  # no tensorrt / plugin library / GPU here
-            results.append(StageResult("tensorrt", "unavailable", time.time() - start,
+        except (TensorRTUnavailableError, PluginLibraryError) as err:  # no TensorRT here:
+            # ship the plugin graph, for an engine built on the GPU machine
+            export_tensorrt(out / "deploy", out / "tensorrt", target_profile, engine=False)
+            results.append(StageResult("tensorrt", "graph only", time.time() - start,
+                                       "no engine: " + str(err).split(";")[0]))
+        except FaircalibError as err:  # the engine build itself failed
+            results.append(StageResult("tensorrt", "failed", time.time() - start,
                                        str(err).split(";")[0]))
 
     start = time.time()

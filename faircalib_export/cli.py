@@ -52,6 +52,11 @@ ModelArg = Annotated[
 ]
 
 
+OverwriteOpt = Annotated[bool, typer.Option(
+    "--overwrite", help="Replace a non-empty OUT that is not this command's kind of artifact "
+                        "(it is moved aside to OUT.replaced-TIME, never deleted).")]
+
+
 def _mib(n: int) -> str:
     return f"{n / 2**20:,.2f} MiB" if n < 2**30 else f"{n / 2**30:,.2f} GiB"
 
@@ -128,6 +133,7 @@ def calibrate(
                                         help="Activation bits (2-8, 16 = none).")] = 4,
     seed: int = 0,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Stage II: calibrate every block against the FP model (resumable)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -159,7 +165,7 @@ def calibrate(
                 bar.advance(task, max(1, epochs))
 
         result = calibrate_checkpoint(path, out, cfg, data=data, prior=prior, samples=samples,
-                                      seq_len=seq_len, progress=progress)
+                                      seq_len=seq_len, progress=progress, overwrite=overwrite)
     console.print(f"wrote calibrated artifact {result}")
 
 
@@ -169,11 +175,13 @@ def fold(
     out: Annotated[Path, typer.Option("-o", "--out", help="Output deployment directory.")],
     embed_bits: Annotated[int, typer.Option(help="Embedding table: 16 or 8 (int8 gather).")] = 16,
     head_bits: Annotated[int, typer.Option(help="LM head: 16, or 8 / 4 weight-only.")] = 16,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Fold scales, inverse transforms and clipping into packed int4 weights (float64)."""
     from .fold.fold import fold_artifact
 
-    path = fold_artifact(artifact, out, embed_bits=embed_bits, head_bits=head_bits)
+    path = fold_artifact(artifact, out, embed_bits=embed_bits, head_bits=head_bits,
+                         overwrite=overwrite)
     size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
     console.print(f"wrote folded model {path} ({_mib(size)})")
 
@@ -254,6 +262,11 @@ def export(
         "--external-data/--inline-data",
         help="Weights in model.onnx.data beside the graph. Default: only above 1 GiB.")
     ] = None,
+    engine: Annotated[bool, typer.Option(
+        help="--format tensorrt: build the engine (needs tensorrt, the plugin library and a "
+             "GPU; nothing is written where they are missing). --no-engine writes the plugin "
+             "graph alone, to build the engine on the GPU machine.")] = True,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Export a folded model for ONNX Runtime or TensorRT.
 
@@ -264,14 +277,16 @@ def export(
     if format == "tensorrt":
         from .trt.export import export_tensorrt
 
-        result = export_tensorrt(deploy, out, target, external_data=external_data)
+        result = export_tensorrt(deploy, out, target, external_data=external_data,
+                                 engine=engine, overwrite=overwrite)
         console.print(f"wrote TensorRT export {result.directory} (engine {result.engine})")
         return
     if format != "onnx":
         raise FaircalibError(f"unknown export format {format!r}; use onnx or tensorrt")
     from .export.onnx_export import ExportOptions, export_onnx
 
-    path = export_onnx(deploy, out, ExportOptions(variant=variant, external_data=external_data))
+    path = export_onnx(deploy, out, ExportOptions(variant=variant, external_data=external_data),
+                       overwrite=overwrite)
     size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
     console.print(f"wrote {variant} ONNX model {path} ({_mib(size)})")
 
@@ -352,6 +367,7 @@ def build(
              "comparison).")] = QUALITY_PROBLEMS,
     gen_length: Annotated[int | None, typer.Option(help="Validation decode length.")] = None,
     steps: Annotated[int | None, typer.Option(help="Validation decode steps.")] = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Checkpoint -> probe -> calibrate -> fold -> ONNX (+ TensorRT) -> validate -> quality.
 
@@ -368,7 +384,7 @@ def build(
                              validate_prompts=validate_prompts,
                              quality_problems=quality_problems,
                              policy={"gen_length": gen_length, "steps": steps})
-    result = run_build(model, target, out, settings,
+    result = run_build(model, target, out, settings, overwrite=overwrite,
                        log=lambda m: err_console.print(m, markup=False))
     table = Table(title=f"build {out} for {target}")
     for col in ("stage", "status", "seconds", "detail"):
@@ -415,6 +431,7 @@ def tiny_create(
     shards: Annotated[int, typer.Option(help="Number of safetensors shards.")] = 1,
     seed: int = 0,
     dtype: Annotated[str, typer.Option(help="fp32, bf16 or fp16.")] = "fp32",
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Write a random-init checkpoint in the real LLaDA or Dream layout."""
     from .models.tiny import write_tiny_checkpoint
@@ -422,7 +439,7 @@ def tiny_create(
     path = write_tiny_checkpoint(
         out, family, shards=shards, seed=seed, dtype=dtype, hidden_size=hidden_size,
         intermediate_size=intermediate_size or None, num_layers=num_layers,
-        num_heads=num_heads, num_kv_heads=num_kv_heads or None,
+        num_heads=num_heads, num_kv_heads=num_kv_heads or None, overwrite=overwrite,
     )
     console.print(f"wrote {family} checkpoint to {path}")
 
@@ -471,13 +488,16 @@ def eval_command(
     if task not in benchmark_names():
         from .tiny.commands import eval_cmd
 
-        eval_cmd(model, task=task, limit=limit or 500, gen_length=gen_length, steps=steps,
+        eval_cmd(model, task=task, limit=500 if limit is None else limit,
+                 gen_length=gen_length, steps=steps,
                  seed=seed, output=output)
         return
     from rich.progress import Progress
 
+    from . import checks
     from .opener import open_model
 
+    checks.count("--limit", limit)
     opened = open_model(model)
     with Progress(console=err_console) as bar:
         job = bar.add_task(f"{task}", total=limit)
@@ -491,13 +511,52 @@ def eval_command(
         output.write_text(text + "\n")
 
 
-def main(argv: list[str] | None = None) -> None:
-    from faircalib_runtime import PolicyConfigError
+_DEBUG = {"on": False}
 
+
+@app.callback()
+def _options(debug: Annotated[bool, typer.Option(
+        "--debug", help="Show the full traceback of errors (bug reports).")] = False) -> None:
+    """FAIR-Calib W4A4 quantization and edge export for diffusion LLMs (LLaDA, Dream)."""
+    _DEBUG["on"] = debug
+
+
+def user_error(err: BaseException) -> str | None:
+    """One line for an error the user caused (bad input, missing or corrupt file); None for
+    anything else, which is a bug and keeps its traceback."""
+    import json
+
+    from safetensors import SafetensorError
+
+    from faircalib_runtime import PolicyConfigError, PromptError
+    from faircalib_runtime.onnx import ExportError
+
+    if isinstance(err, (FaircalibError, PolicyConfigError, PromptError, ExportError)):
+        return str(err)
+    if isinstance(err, OSError):
+        where = err.filename or ""
+        reason = err.strerror or str(err)
+        return f"{where}: {reason}" if where else reason
+    if isinstance(err, json.JSONDecodeError):
+        return f"invalid JSON: {err.msg} at line {err.lineno} column {err.colno}"
+    if isinstance(err, UnicodeDecodeError):
+        return f"a text file is not UTF-8 ({err.reason} at byte {err.start})"
+    if isinstance(err, SafetensorError):
+        return f"a safetensors file is corrupt or truncated ({err})"
+    return None
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The console script: user errors print one line and exit 2; bugs keep their traceback
+    (and `--debug` shows it for user errors too)."""
     try:
         app(args=argv, prog_name="faircalib-export")
-    except (FaircalibError, PolicyConfigError) as err:
-        err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
+    except Exception as err:
+        message = user_error(err)
+        if message is None or _DEBUG["on"]:
+            raise
+        err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False,
+                          soft_wrap=True)  # one line, whatever the terminal width
         sys.exit(2)
 
 

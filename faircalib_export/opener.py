@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from . import checks
 from .artifacts import KIND_READERS_ORDER, detect_kind, read_json
 from .errors import CheckpointError
 from .models.families import END_OF_TURN
@@ -186,6 +187,8 @@ def open_model(name_or_path: str | Path, device: str = "cpu", *,
     from .models.builtin import resolve_model
 
     path = resolve_model(name_or_path)
+    if device != "cpu":  # the check imports torch, which exported models never need
+        checks.device(device)
     kind = detect_kind(path)
     if kind is None:
         raise CheckpointError(f"{path}: not a model this toolchain reads (a checkpoint, "

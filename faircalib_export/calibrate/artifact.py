@@ -21,7 +21,14 @@ from pathlib import Path
 
 import torch
 
-from ..artifacts import MANIFEST, file_sha256, write_manifest
+from ..artifacts import (
+    MANIFEST,
+    OutputError,
+    claim_output,
+    file_sha256,
+    read_json,
+    write_manifest,
+)
 from ..errors import ConfigError
 from ..models.loading import inspect_checkpoint, load_model
 from ..probe.prior import Prior
@@ -50,7 +57,13 @@ def run_calibration(
     prior: Prior | None,
     data_source: str,
     progress: Callable[[int, str, float | None], None] = lambda *a: None,
+    overwrite: bool = False,
 ) -> Path:
+    """Calibrate into `out`, working in `out.partial` (resumed when its settings match).
+
+    OUT is claimed first (`artifacts.claim_output`): a foreign directory, the input itself
+    or a second concurrent run is refused before any work.
+    """
     plan = inspect_checkpoint(model_path)
     cfg = cfg.resolved(plan.cfg.hidden_size)
     method = get_method(cfg.method)
@@ -64,26 +77,34 @@ def run_calibration(
                 "seq_len": int(tokens.shape[1]),
                 "tokens_sha256": _tensor_hash(tokens), "prior": prior.weights.tolist(),
                 "prior_floor": prior.floor}
-    if partial.exists():
-        old = json.loads((partial / "settings.json").read_text()) \
-            if (partial / "settings.json").is_file() else None
-        if old != settings:
-            shutil.rmtree(partial)  # different run: its blocks are not reusable
-    partial.mkdir(parents=True, exist_ok=True)
-    (partial / "settings.json").write_text(json.dumps(settings, indent=1) + "\n")
+    with claim_output(out, KIND, inputs=(model_path,), overwrite=overwrite) as claim:
+        if partial.exists() and _partial_settings(partial) != settings:
+            if not (partial / "settings.json").is_file():
+                raise OutputError(f"{partial} exists but is not an unfinished calibration "
+                                  f"(no settings.json); move it away")
+            shutil.rmtree(partial)  # another run's work: its blocks are not reusable
+        partial.mkdir(parents=True, exist_ok=True)
+        (partial / "settings.json").write_text(json.dumps(settings, indent=1) + "\n")
 
-    start = time.time()
-    stats = calibrate_blocks(plan, tokens, prior, cfg, partial / "blocks", progress)
-    prior.save(partial)
-    (partial / "stats.json").write_text(json.dumps(stats, indent=1) + "\n")
-    write_manifest(partial, KIND, {**settings, "base_model": str(Path(model_path).resolve()),
-                                   "family": plan.cfg.family},
-                   inputs=_base_inputs(Path(model_path)), seconds=round(time.time() - start, 2))
-    (partial / "settings.json").unlink()
-    if out.exists():
-        shutil.rmtree(out)
-    partial.rename(out)
+        start = time.time()
+        stats = calibrate_blocks(plan, tokens, prior, cfg, partial / "blocks", progress)
+        prior.save(partial)
+        (partial / "stats.json").write_text(json.dumps(stats, indent=1) + "\n")
+        write_manifest(partial, KIND, {**settings, "base_model": str(Path(model_path).resolve()),
+                                       "family": plan.cfg.family},
+                       inputs=_base_inputs(Path(model_path)),
+                       seconds=round(time.time() - start, 2))
+        (partial / "settings.json").unlink()
+        claim.commit(partial)
     return out
+
+
+def _partial_settings(partial: Path) -> dict | None:
+    """The settings an unfinished run recorded; None when missing or unreadable."""
+    try:
+        return read_json(partial / "settings.json")
+    except ConfigError:
+        return None
 
 
 def _tensor_hash(t: torch.Tensor) -> str:
@@ -97,7 +118,7 @@ def read_manifest(artifact: Path) -> dict:
     if not file.is_file():
         raise ConfigError(f"{artifact} is not a calibrated artifact (no {MANIFEST}); "
                           f"an unfinished run lives in {artifact}.partial")
-    manifest = json.loads(file.read_text())
+    manifest = read_json(file)
     if manifest.get("kind") != KIND:
         raise ConfigError(f"{artifact}: expected a calibrated artifact, found "
                           f"{manifest.get('kind')!r}")

@@ -14,6 +14,7 @@ import dataclasses
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
+from .. import checks
 from ..errors import ConfigError, FaircalibError
 from .methods import get_method
 
@@ -65,7 +66,10 @@ class CalibConfig:
     cache_dtype: str = "fp32"
 
     def __post_init__(self) -> None:
+        from ..quant.spec import check_bits
+
         method = get_method(self.method)  # validates the name
+        check_bits(self.w_bits, "weight")  # 16-bit weights have nothing to calibrate or fold
         method.spec(self.w_bits, self.a_bits)  # validates bit widths
         if self.epochs is not None:
             _check_count("epochs", self.epochs, minimum=0)
@@ -76,6 +80,7 @@ class CalibConfig:
                               f"{self.clip_lr_mult}")
         if not 0 <= self.qdrop_prob <= 1:
             raise ConfigError(f"qdrop_prob must be in [0, 1], got {self.qdrop_prob}")
+        checks.device(self.device)
         if self.cache_dtype not in ("fp32", "fp16", "bf16"):
             raise ConfigError(f"cache_dtype must be fp32, fp16 or bf16, got {self.cache_dtype!r}")
 

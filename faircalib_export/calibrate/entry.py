@@ -11,9 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from .. import checks
+from ..artifacts import check_output
 from ..errors import ConfigError
 from ..probe.prior import Prior
-from .artifact import run_calibration
+from .artifact import KIND, run_calibration
 from .config import CalibConfig, recipe_for
 from .methods import get_method
 
@@ -28,6 +30,7 @@ def calibrate_checkpoint(
     samples: int | None = None,
     seq_len: int | None = None,
     progress: Callable[[int, str, float | None], None] = lambda *a: None,
+    overwrite: bool = False,
 ) -> Path:
     """Stage II on a checkpoint directory or built-in name.
 
@@ -40,10 +43,10 @@ def calibrate_checkpoint(
     from ..models.loading import load_tokenizer, read_config
     from .data import calibration_tokens
 
-    for name, value in (("samples", samples), ("seq_len", seq_len)):
-        if value is not None and (not isinstance(value, int) or value < 1):
-            raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+    checks.count("samples", samples)
+    checks.count("seq_len", seq_len)
     path = resolve_model(model)
+    check_output(out, KIND, (path,), overwrite)  # before probing and tokenizing
     _, mcfg = read_config(path)
     recipe = recipe_for(mcfg.hidden_size)
     seq_len = seq_len or recipe.seq_len
@@ -66,4 +69,4 @@ def calibrate_checkpoint(
     tokens = calibration_tokens(load_tokenizer(path), source, samples or recipe.samples,
                                 seq_len, seed=cfg.seed, eos_id=mcfg.eos_token_id)
     return run_calibration(path, Path(out), cfg, tokens, prior if method.weighted else None,
-                           source, progress)
+                           source, progress, overwrite=overwrite)

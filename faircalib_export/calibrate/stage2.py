@@ -56,6 +56,19 @@ def _run(fn, cache: torch.Tensor, batch: int, device, dtype, out: torch.Tensor |
     return out
 
 
+def _try_resume(qb: QuantBlock, path: Path, device) -> bool:
+    """Load a finished block's state; a damaged file (killed mid-write elsewhere, disk
+    error) is removed and the block recomputed instead of failing every rerun."""
+    from safetensors import SafetensorError
+
+    try:
+        qb.load_calib_state(load_block_state(path, device))
+        return True
+    except (SafetensorError, OSError, KeyError, RuntimeError):
+        path.unlink(missing_ok=True)
+        return False
+
+
 def weighted_mse(out: torch.Tensor, target: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return ((out - target).pow(2).mean(-1) * w).mean()
 
@@ -172,9 +185,8 @@ def calibrate_blocks(
              torch.float32, out=fp_out)
         qb = QuantBlock(block, spec, seed=cfg.seed + 1000 * index)
         path = block_file(work_dir, index)
-        resumed = path.is_file()
+        resumed = path.is_file() and _try_resume(qb, path, device)
         if resumed:
-            qb.load_calib_state(load_block_state(path, device))
             progress(index, "resumed", None)
         else:
             if method.gptq:

@@ -43,6 +43,10 @@ def compare_cmd(
     limit: Annotated[int, typer.Option(help="Held-out problems per model.")] = 500,
     samples: Annotated[int, typer.Option(help="Diagnosed sequences (paper: 32).")] = 32,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace a non-empty OUT that is not this command's kind of "
+                            "artifact (moved aside to OUT.replaced-TIME, never deleted).")
+    ] = False,
 ) -> None:
     """Calibrate, evaluate and diagnose several methods side by side; Markdown report."""
     from .report import write_report
@@ -58,7 +62,7 @@ def compare_cmd(
             err_console.log(msg)
             status.update(msg)
 
-        results = run_compare(model, out, config, step, status.update)
+        results = run_compare(model, out, config, step, status.update, overwrite=overwrite)
     report = write_report(results, Path(out))
     console.print(summary_table(results))
     console.print(f"wrote {report}")

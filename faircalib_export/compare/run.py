@@ -134,16 +134,24 @@ def _write_json(file: Path, obj) -> None:
 
 def run_compare(model: str | Path, out: str | Path, config: CompareConfig,
                 say: Callable[[str], None] = lambda msg: None,
-                detail: Callable[[str], None] = lambda msg: None) -> dict:
+                detail: Callable[[str], None] = lambda msg: None,
+                overwrite: bool = False) -> dict:
     """Run (or finish) the comparison in `out`; returns the results dict. `say` reports
     each step started, `detail` the progress within one."""
-    from ..calibrate.config import CalibConfig
-    from ..models.builtin import default_task, resolve_model
-    from ..models.loading import read_config
+    from ..artifacts import claim_workdir
+    from ..models.builtin import resolve_model
 
     path = resolve_model(model)
+    with claim_workdir(out, "compare", inputs=(path,), overwrite=overwrite):
+        return _run_compare(path, Path(out), config, say, detail)
+
+
+def _run_compare(path: Path, out: Path, config: CompareConfig, say, detail) -> dict:
+    from ..calibrate.config import CalibConfig
+    from ..models.builtin import default_task
+    from ..models.loading import read_config
+
     hidden = read_config(path)[1].hidden_size
-    out = Path(out)
     task = config.task or (default_task(path) or "").removeprefix("task:") or None
     if task is None:
         raise ConfigError(f"{path} has no default task: pass --task (a tiny task or a "
@@ -152,7 +160,6 @@ def run_compare(model: str | Path, out: str | Path, config: CompareConfig,
     data = config.data or default_task(path)
     if data is None:
         raise ConfigError(f"{path} has no default calibration data: pass --data")
-    out.mkdir(parents=True, exist_ok=True)
     runs: list[dict] = []
     for entry in config.entries:
         for seed in seeds_for(entry, config.seeds):
@@ -200,7 +207,7 @@ def _probe(path: Path, config: CompareConfig, entry: Entry, seed: int, prior_dir
 
 
 def _flat_prior(path: Path, prior_dir: Path) -> None:
-    from ..artifacts import atomic_dir
+    from ..artifacts import atomic_dir, write_manifest
     from ..models.loading import read_config
     from ..opener import read_generation_config
     from ..probe.prior import Prior
@@ -209,8 +216,9 @@ def _flat_prior(path: Path, prior_dir: Path) -> None:
     if (prior_dir / "prior.json").is_file():
         return
     _, window, _ = probe_shape(read_config(path)[1], read_generation_config(path))
-    with atomic_dir(prior_dir) as tmp:
+    with atomic_dir(prior_dir, "prior") as tmp:
         Prior(np.ones(window), settings={"kind": "window-flat"}).save(tmp)
+        write_manifest(tmp, "prior", {"kind": "window-flat", "window": window})
 
 
 def _same_probe(recorded: dict, settings: dict) -> bool:

@@ -42,17 +42,23 @@ def diagnose_cmd(
     block_length: Annotated[int | None, typer.Option(help="LLaDA semi-AR block.")] = None,
     batch_size: Annotated[int, typer.Option(help="Sequences per batch.")] = 16,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace a non-empty OUT that is not this command's kind of "
+                            "artifact (moved aside to OUT.replaced-TIME, never deleted).")
+    ] = False,
 ) -> None:
     """Flips, margins, post-commit mismatch, stability lag and divergence vs the FP teacher."""
-    from .run import DiagnoseConfig, diagnose, write_diagnose_dir
+    from ..artifacts import check_output
+    from .run import KIND, DiagnoseConfig, diagnose, write_diagnose_dir
 
+    check_output(out, KIND, tuple(students), overwrite)  # before the long run
     config = DiagnoseConfig(samples=samples, seed=seed, batch_size=batch_size, window=window,
                             steps=steps, block_length=block_length)
     with err_console.status("diagnosing") as status:
         report = diagnose(teacher, students, data, config=config, prior=prior,
                           groups=seed_group, device=device,
                           progress=lambda msg: status.update(msg))
-    write_diagnose_dir(report, out)
+    write_diagnose_dir(report, out, overwrite=overwrite)
     console.print(summary_table(report))
     console.print(f"wrote {out}")
 

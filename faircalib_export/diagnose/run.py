@@ -176,14 +176,15 @@ DEFINITIONS = {
 }
 
 
-def write_diagnose_dir(report: dict, out: str | Path) -> Path:
+def write_diagnose_dir(report: dict, out: str | Path, overwrite: bool = False) -> Path:
     """diagnose.json, the figures and a manifest, written atomically."""
     import json
 
     from ..artifacts import atomic_dir, write_manifest
     from .plots import plot_all
 
-    with atomic_dir(out) as tmp:
+    inputs = tuple(m["path"] for m in report["models"])
+    with atomic_dir(out, KIND, inputs=inputs, overwrite=overwrite) as tmp:
         (tmp / REPORT_FILE).write_text(json.dumps(finite_json(report), indent=1,
                                                   allow_nan=False) + "\n")
         figures = plot_all(report, tmp)

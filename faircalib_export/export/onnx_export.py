@@ -48,7 +48,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from ..artifacts import RUNTIME_JSON, atomic_dir, file_sha256, write_manifest
+from ..artifacts import RUNTIME_JSON, atomic_dir, file_sha256, read_json, write_manifest
 from ..errors import ConfigError
 from ..fold.deployed import read_deploy
 from ..fold.pack import unpack_int4
@@ -312,7 +312,7 @@ def chat_affixes(tokenizer) -> tuple[str, str] | None:
 
 def write_export_dir(model: onnx.ModelProto, deploy_dir: Path, meta: dict, out: str | Path, *,
                      variant: str, external_data: bool | None, kind: str,
-                     extra: dict | None = None) -> Path:
+                     extra: dict | None = None, overwrite: bool = False) -> Path:
     """Save a graph with runtime.json, tokenizer files and a manifest, atomically.
 
     Shared by every exporter; `extra` adds variant-specific runtime.json fields.
@@ -327,10 +327,10 @@ def write_export_dir(model: onnx.ModelProto, deploy_dir: Path, meta: dict, out: 
     tokenizer = load_tokenizer(deploy_dir, get_family(cfg.family))
     vocab = tokenizer.get_vocab()
     gen_file = deploy_dir / "generation_config.json"
-    generation = json.loads(gen_file.read_text()) if gen_file.is_file() else {}
+    generation = read_json(gen_file) if gen_file.is_file() else {}
     size = sum(t.ByteSize() for t in model.graph.initializer)
     external = external_data if external_data is not None else size > EXTERNAL_DATA_BYTES
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, kind, inputs=(deploy_dir,), overwrite=overwrite) as tmp:
         if external:
             # small tensors (shapes, axes) stay inline: shape inference must read them
             onnx.save_model(model, str(tmp / MODEL_FILE), save_as_external_data=True,
@@ -371,9 +371,12 @@ def write_export_dir(model: onnx.ModelProto, deploy_dir: Path, meta: dict, out: 
 
 
 def export_onnx(deploy_dir: str | Path, out: str | Path,
-                options: ExportOptions = ExportOptions()) -> Path:
+                options: ExportOptions = ExportOptions(), *, overwrite: bool = False) -> Path:
     """Write OUT/model.onnx (+ external data when large) and OUT/runtime.json."""
+    from ..artifacts import check_output
+
     deploy_dir = Path(deploy_dir)
+    check_output(out, "onnx", (deploy_dir,), overwrite)
     meta, tensors = read_deploy(deploy_dir)
     builder = GraphBuilder(f"faircalib-{meta['family']}-{options.variant}")
     _Writer(builder, meta, tensors, options.variant).build()
@@ -382,4 +385,5 @@ def export_onnx(deploy_dir: str | Path, out: str | Path,
     if options.variant == "weight-only":
         extra["a_bits"] = NO_QUANT_BITS
     return write_export_dir(model, deploy_dir, meta, out, variant=options.variant,
-                            external_data=options.external_data, kind="onnx", extra=extra)
+                            external_data=options.external_data, kind="onnx", extra=extra,
+                            overwrite=overwrite)

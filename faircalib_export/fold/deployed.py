@@ -27,14 +27,13 @@ graph computes the same thing node by node.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from ..artifacts import DEPLOY_JSON
+from ..artifacts import DEPLOY_JSON, read_json
 from ..errors import CheckpointError
 from ..models.config import ModelConfig
 from ..models.families import LINEAR_SITE
@@ -53,7 +52,7 @@ def read_deploy(directory: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     if not meta_file.is_file():
         raise CheckpointError(f"{directory} is not a folded model (no {DEPLOY_JSON}); "
                               f"run `faircalib-export fold` first")
-    meta = json.loads(meta_file.read_text())
+    meta = read_json(meta_file)
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{meta_file}: unknown format {meta.get('format')!r}")
     return meta, load_file(str(directory / WEIGHTS))

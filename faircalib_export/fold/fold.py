@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..artifacts import atomic_dir, file_sha256, write_manifest
+from ..artifacts import atomic_dir, check_output, file_sha256, write_manifest
 from ..calibrate.artifact import load_quantized, read_manifest
 from ..errors import ConfigError
 from ..models.families import LINEAR_SITE, get_family
@@ -38,7 +38,8 @@ def _store_codes(out: dict, prefix: str, codes: torch.Tensor, scale: torch.Tenso
 
 
 def fold_artifact(artifact: str | Path, out: str | Path, *, embed_bits: int = 16,
-                  head_bits: int = 16, base_model: str | Path | None = None) -> Path:
+                  head_bits: int = 16, base_model: str | Path | None = None,
+                  overwrite: bool = False) -> Path:
     """Write the deployable model for a calibrated artifact; returns its directory."""
     if embed_bits not in (8, 16):
         raise ConfigError(f"embedding bits must be 8 or 16, got {embed_bits}")
@@ -46,6 +47,7 @@ def fold_artifact(artifact: str | Path, out: str | Path, *, embed_bits: int = 16
         raise ConfigError(f"LM head bits must be 4, 8 or 16, got {head_bits}")
     artifact = Path(artifact)
     manifest = read_manifest(artifact)
+    check_output(out, "folded", (artifact,), overwrite)
     calib = manifest["config"]["calib"]
     base = Path(base_model or manifest["config"]["base_model"])
     model = load_quantized(artifact, base)
@@ -80,7 +82,7 @@ def fold_artifact(artifact: str | Path, out: str | Path, *, embed_bits: int = 16
         "activation_quantization": "per token, symmetric, scale = act_clip * max|x| / qmax"
                                    if calib["a_bits"] != NO_QUANT_BITS else "none",
     }
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "folded", inputs=(artifact,), overwrite=overwrite) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / WEIGHTS))
         (tmp / DEPLOY_JSON).write_text(json.dumps(meta, indent=1) + "\n")
         for name in TOKENIZER_FILES:

@@ -56,7 +56,8 @@ def default_task(path: Path) -> str | None:
     record = Path(path) / "training.json"
     if not record.is_file():
         return None
-    import json
 
-    task = json.loads(record.read_text()).get("task")
+    from ..artifacts import read_json
+
+    task = read_json(record).get("task")
     return f"task:{task}" if task else None

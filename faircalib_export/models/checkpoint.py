@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..artifacts import atomic_dir
+from ..artifacts import atomic_dir, write_manifest
 from .families import get_family
 from .loading import INDEX_FILE, SINGLE_FILE
 from .transformer import DiffusionLM
@@ -63,6 +63,7 @@ def save_checkpoint(
     dtype: torch.dtype | None = None,
     extra_files: dict[str, str] | None = None,
     decoding: dict | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Save `model` to `out` in its family's real layout.
 
@@ -72,7 +73,7 @@ def save_checkpoint(
     """
     cfg = model.cfg
     family = get_family(cfg.family)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "checkpoint", overwrite=overwrite) as tmp:
         (tmp / "config.json").write_text(json.dumps(family.write_config(cfg), indent=2) + "\n")
         generation = {"bos_token_id": cfg.eos_token_id, "eos_token_id": cfg.eos_token_id,
                       "pad_token_id": cfg.pad_token_id, "mask_token_id": cfg.mask_token_id}
@@ -85,4 +86,5 @@ def save_checkpoint(
         write_tokenizer(tmp)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
+        write_manifest(tmp, "checkpoint", {"family": cfg.family, "model_config": cfg.to_dict()})
     return Path(out)

@@ -8,9 +8,12 @@ code past the loader ever looks at raw config field names.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from ..errors import ConfigError
+
+MAX_PARAMETERS = 10**13  # a config beyond this is a typo, not a model
 
 
 @dataclass(frozen=True)
@@ -36,9 +39,18 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers",
-                     "num_heads", "num_kv_heads"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+                     "num_heads", "num_kv_heads", "max_position_embeddings"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("rope_theta", "rms_norm_eps"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ConfigError(f"{name} must be a positive number, got {value!r}")
+        if self.num_parameters_estimate() > MAX_PARAMETERS:
+            raise ConfigError(f"this config describes {self.num_parameters_estimate():.3g} "
+                              f"parameters, more than any real checkpoint "
+                              f"({MAX_PARAMETERS:.0e}); check its sizes")
         if self.hidden_size % self.num_heads:
             raise ConfigError(
                 f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}"
@@ -49,11 +61,20 @@ class ModelConfig:
             )
         if self.head_dim % 2:
             raise ConfigError(f"head_dim {self.head_dim} must be even for RoPE")
-        if not 0 <= self.mask_token_id < self.vocab_size:
-            raise ConfigError(
-                f"mask_token_id {self.mask_token_id} is outside the vocabulary "
-                f"(size {self.vocab_size})"
-            )
+        for name in ("mask_token_id", "eos_token_id", "pad_token_id"):
+            value = getattr(self, name)
+            if value is None and name != "mask_token_id":
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or \
+                    not 0 <= value < self.vocab_size:
+                raise ConfigError(f"{name} {value!r} is outside the vocabulary "
+                                  f"(size {self.vocab_size})")
+
+    def num_parameters_estimate(self) -> int:
+        """Parameters the shapes imply (embedding, head, attention and MLP weights)."""
+        e, f, v = self.hidden_size, self.intermediate_size, self.vocab_size
+        per_block = 2 * e * e + 2 * e * self.num_kv_heads * self.head_dim + 3 * e * f
+        return 2 * v * e + self.num_layers * per_block
 
     @property
     def head_dim(self) -> int:

@@ -7,6 +7,7 @@ checkpoint's `model_type`; anything unknown fails with the list of supported typ
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -79,6 +80,20 @@ def _require(raw: dict[str, Any], field: str, where: str = "config.json") -> Any
     return raw[field]
 
 
+def _int(value: Any) -> int:
+    """An integer config value; 2.0 is 2, but 2.5, "2" or true are errors, not truncated."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not math.isfinite(value) or value != int(value):
+        raise ConfigError(f"config.json: expected an integer, got {value!r}")
+    return int(value)
+
+
+def _float(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"config.json: expected a number, got {value!r}")
+    return float(value)
+
+
 def _expect(raw: dict[str, Any], field: str, supported: Any, default: Any) -> None:
     value = raw.get(field, default)
     if value != supported:
@@ -97,22 +112,22 @@ def _parse_llada(raw: dict[str, Any]) -> ModelConfig:
     _expect(raw, "rope", True, True)
     _expect(raw, "include_bias", False, False)
     _expect(raw, "attention_layer_norm", False, False)
-    n_heads = int(_require(raw, "n_heads"))
+    n_heads = _int(_require(raw, "n_heads"))
     return ModelConfig(
         family="llada",
         # embedding_size is the padded table size; vocab_size may be smaller.
-        vocab_size=int(raw.get("embedding_size") or _require(raw, "vocab_size")),
-        hidden_size=int(_require(raw, "d_model")),
-        intermediate_size=int(_require(raw, "mlp_hidden_size")),
-        num_layers=int(_require(raw, "n_layers")),
+        vocab_size=_int(raw.get("embedding_size") or _require(raw, "vocab_size")),
+        hidden_size=_int(_require(raw, "d_model")),
+        intermediate_size=_int(_require(raw, "mlp_hidden_size")),
+        num_layers=_int(_require(raw, "n_layers")),
         num_heads=n_heads,
-        num_kv_heads=int(raw.get("n_kv_heads") or n_heads),
-        rope_theta=float(raw.get("rope_theta", 10000.0)),
-        rms_norm_eps=float(raw.get("rms_norm_eps", 1e-5)),
-        mask_token_id=int(_require(raw, "mask_token_id")),
+        num_kv_heads=_int(raw.get("n_kv_heads") or n_heads),
+        rope_theta=_float(raw.get("rope_theta", 10000.0)),
+        rms_norm_eps=_float(raw.get("rms_norm_eps", 1e-5)),
+        mask_token_id=_int(_require(raw, "mask_token_id")),
         eos_token_id=raw.get("eos_token_id"),
         pad_token_id=raw.get("pad_token_id"),
-        max_position_embeddings=int(raw.get("max_sequence_length", 4096)),
+        max_position_embeddings=_int(raw.get("max_sequence_length", 4096)),
         tie_word_embeddings=bool(raw.get("weight_tying", False)),
         qkv_bias=bool(raw.get("include_qkv_bias", False)),
         logit_shift=False,
@@ -177,21 +192,21 @@ def _parse_dream(raw: dict[str, Any]) -> ModelConfig:
     _expect(raw, "hidden_act", "silu", "silu")
     _expect(raw, "rope_scaling", None, None)
     _expect(raw, "use_sliding_window", False, False)
-    n_heads = int(_require(raw, "num_attention_heads"))
+    n_heads = _int(_require(raw, "num_attention_heads"))
     return ModelConfig(
         family="dream",
-        vocab_size=int(_require(raw, "vocab_size")),
-        hidden_size=int(_require(raw, "hidden_size")),
-        intermediate_size=int(_require(raw, "intermediate_size")),
-        num_layers=int(_require(raw, "num_hidden_layers")),
+        vocab_size=_int(_require(raw, "vocab_size")),
+        hidden_size=_int(_require(raw, "hidden_size")),
+        intermediate_size=_int(_require(raw, "intermediate_size")),
+        num_layers=_int(_require(raw, "num_hidden_layers")),
         num_heads=n_heads,
-        num_kv_heads=int(raw.get("num_key_value_heads") or n_heads),
-        rope_theta=float(raw.get("rope_theta", 10000.0)),
-        rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
-        mask_token_id=int(_require(raw, "mask_token_id")),
+        num_kv_heads=_int(raw.get("num_key_value_heads") or n_heads),
+        rope_theta=_float(raw.get("rope_theta", 10000.0)),
+        rms_norm_eps=_float(raw.get("rms_norm_eps", 1e-6)),
+        mask_token_id=_int(_require(raw, "mask_token_id")),
         eos_token_id=raw.get("eos_token_id"),
         pad_token_id=raw.get("pad_token_id"),
-        max_position_embeddings=int(raw.get("max_position_embeddings", 32768)),
+        max_position_embeddings=_int(raw.get("max_position_embeddings", 32768)),
         tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
         qkv_bias=True,
         logit_shift=True,

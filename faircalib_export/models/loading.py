@@ -50,9 +50,12 @@ def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path} not found")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
 
 
 def _checkpoint_dir(path: str | Path) -> Path:
@@ -90,7 +93,16 @@ def read_header(file: Path) -> dict[str, dict]:
             header = json.loads(f.read(n))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{file} is corrupt or truncated: {err}") from err
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{file} is corrupt: its header is not a JSON object")
     header.pop("__metadata__", None)
+    for key, entry in header.items():
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2
+                and all(isinstance(o, int) and o >= 0 for o in offsets)
+                and offsets[0] <= offsets[1] and isinstance(entry.get("shape"), list)):
+            raise CheckpointError(f"{file} is corrupt: tensor {key!r} has no valid "
+                                  f"shape / data_offsets")
     end = max((t["data_offsets"][1] for t in header.values()), default=0)
     if 8 + n + end != size:
         raise CheckpointError(
@@ -107,6 +119,12 @@ def weight_files(path: Path) -> dict[str, Path]:
         weight_map = _read_json(index).get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise CheckpointError(f"{index} has no 'weight_map'")
+        root = path.resolve()
+        outside = sorted({f for f in weight_map.values() if not isinstance(f, str)
+                          or root not in (root / f).resolve().parents})
+        if outside:
+            raise CheckpointError(f"{index}: weight_map names file(s) outside the checkpoint "
+                                  f"directory: {', '.join(map(str, outside[:3]))}")
         missing = sorted({f for f in weight_map.values() if not (path / f).is_file()})
         if missing:
             raise CheckpointError(f"missing shard(s) listed in {index}: {', '.join(missing)}")
@@ -207,6 +225,11 @@ def read_tensors(
                 f.seek(base + begin)
                 if buf is not None and f.readinto(buf) != end - begin:
                     raise CheckpointError(f"{file} is truncated inside tensor {key}")
+                if not t.is_floating_point():
+                    raise CheckpointError(f"{file}: tensor {key} is {meta['dtype']}, "
+                                          f"a weight must be a float tensor")
+                if not torch.isfinite(t).all():  # one pass over data already in memory
+                    raise CheckpointError(f"{file}: tensor {key} holds NaN or Inf values")
                 out[name] = t.to(device=device, dtype=dtype)
     except (OSError, KeyError, ValueError) as err:
         raise CheckpointError(f"{file} is corrupt or truncated: {err}") from err

@@ -88,6 +88,7 @@ def write_tiny_checkpoint(
     dtype: str = "fp32",
     words: list[str] = (),
     init_std: float = 0.02,
+    overwrite: bool = False,
     **shape,
 ) -> Path:
     """Write a random-init checkpoint; `shape` takes `tiny_config`'s keyword arguments."""
@@ -103,5 +104,5 @@ def write_tiny_checkpoint(
     traps = {name: TRAP for name in REMOTE_CODE_FILES[fam.name]}
     return save_checkpoint(
         model, out, lambda d: write_tokenizer(d, tok, fam.name),
-        shards=shards, dtype=parse_dtype(dtype), extra_files=traps,
+        shards=shards, dtype=parse_dtype(dtype), extra_files=traps, overwrite=overwrite,
     )

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifacts import atomic_dir, write_manifest
+from .. import checks
+from ..artifacts import atomic_dir, check_output, write_manifest
 from .config import ProbeConfig
 from .stage1 import PER_SAMPLE_FILE, ProbeResult
 
@@ -27,7 +28,7 @@ PLOT_FILE = "prior.png"
 def run_probe(model: str | Path, data: str | None, out: str | Path, *,
               samples: int | None = None, steps: int | None = None, window: int | None = None,
               device: str = "cpu", progress: Callable[[int, int], None] | None = None,
-              **settings) -> ProbeResult:
+              overwrite: bool = False, **settings) -> ProbeResult:
     """Probe `model` on `data` and write PRIOR_DIR; `settings` are `ProbeConfig` fields.
 
     Unset samples / steps / window take `probe_shape`'s defaults for the model; unset
@@ -39,14 +40,18 @@ def run_probe(model: str | Path, data: str | None, out: str | Path, *,
     from .prompts import load_prompts
     from .stage1 import probe, probe_shape
 
+    for name, value in (("samples", samples), ("steps", steps), ("window", window)):
+        checks.count(name, value)
+    checks.device(device)
     path = resolve_model(model)
+    check_output(out, KIND, (path,), overwrite)  # before the rollouts, not after
     opened = open_model(path, device, kinds=("checkpoint",))  # Stage I runs the FP teacher
     source = data or default_task(path)
     if source is None:
         raise ConfigError(f"{path} has no default probing data: pass --data")
     n_default, k_default, t_default = probe_shape(opened.cfg, opened.generation_config)
     config = ProbeConfig(steps=steps or t_default, window=window or k_default, **settings)
-    n = samples or n_default
+    n = samples or n_default  # validated above: None is the only falsy value left
     max_tokens = max(1, opened.cfg.max_position_embeddings - config.window)
     prompts = load_prompts(source, path, n, seed=config.seed, max_tokens=max_tokens,
                            tokenizer=opened.tokenizer)
@@ -55,12 +60,12 @@ def run_probe(model: str | Path, data: str | None, out: str | Path, *,
     for prior in (result.prior, result.frontier, result.reliability):
         if prior is not None:
             prior.settings.update(data=source, model=str(path))
-    write_prior_dir(result, out, path, source)
+    write_prior_dir(result, out, path, source, overwrite=overwrite)
     return result
 
 
 def write_prior_dir(result: ProbeResult, out: str | Path, model_path: Path | None = None,
-                    source: str | None = None) -> Path:
+                    source: str | None = None, overwrite: bool = False) -> Path:
     from .plots import plot_prior
     from .prompts import source_file
 
@@ -70,7 +75,8 @@ def write_prior_dir(result: ProbeResult, out: str | Path, model_path: Path | Non
     data_file = source_file(source) if source else None
     if data_file is not None:
         inputs["data"] = data_file
-    with atomic_dir(out) as tmp:
+    inputs_dirs = (model_path,) if model_path is not None else ()
+    with atomic_dir(out, KIND, inputs=inputs_dirs, overwrite=overwrite) as tmp:
         result.save(tmp)
         title = f"Stage I prior ({result.info['n_samples']} samples, T={result.config.steps}, " \
                 f"K={result.config.window}, {result.config.schedule.value}, " \

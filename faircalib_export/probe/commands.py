@@ -55,6 +55,10 @@ def probe_cmd(
         help="Teacher sampling temperature for written tokens (0 = argmax).")
     ] = _D.temperature,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace a non-empty OUT that is not this command's kind of "
+                            "artifact (moved aside to OUT.replaced-TIME, never deleted).")
+    ] = False,
 ) -> None:
     """Stage I: probe the FP teacher with random commits and write the position prior."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -66,6 +70,7 @@ def probe_cmd(
         task = bar.add_task("probe", total=None)
         result = run_probe(
             model, data, out, samples=samples, steps=steps, window=window, device=device,
+            overwrite=overwrite,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
             schedule=schedule, score=score, lambda0=lambda0, alpha=alpha, rho=rho,
             lambda1=lambda1, floor=floor, seed=seed, batch_size=batch_size,

@@ -36,6 +36,9 @@ class Prior:
             raise ConfigError("prior weights must be finite and non-negative")
         if self.weights.max() <= 0:
             raise ConfigError("prior weights are all zero")
+        if not (isinstance(self.floor, (int, float)) and 0 <= self.floor < float("inf")):
+            raise ConfigError(f"the prior floor must be a finite number >= 0, got "
+                              f"{self.floor!r} (a negative floor gives negative loss weights)")
 
     @classmethod
     def uniform(cls, k: int = 1) -> Prior:

@@ -91,8 +91,9 @@ def score(generate: Callable[[list[list[int]]], list[list[int]]],
     """The scoring loop: decode `limit` problems of `task` in batches, check each answer."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    if limit < 1:
-        raise ValueError(f"limit must be >= 1, got {limit}")
+    from .. import checks
+
+    checks.count("limit", limit)
     console = resolve_console(console)
     examples = task.examples(split, limit, seed=seed)
     correct, samples, answered = 0, [], 0

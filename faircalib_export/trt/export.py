@@ -118,7 +118,8 @@ def import_tensorrt():
 
 
 def write_plugin_onnx(deploy_dir: str | Path, out_dir: str | Path, target: str | Target, *,
-                      head_precision: str = "fp32", external_data: bool | None = None) -> Path:
+                      head_precision: str = "fp32", external_data: bool | None = None,
+                      overwrite: bool = False) -> Path:
     """Write OUT/model.onnx (plugin nodes), runtime.json, tokenizer and manifest."""
     from ..export.graph import GraphBuilder
     from ..export.onnx_export import write_export_dir
@@ -145,7 +146,7 @@ def write_plugin_onnx(deploy_dir: str | Path, out_dir: str | Path, target: str |
     }
     return write_export_dir(builder.model({PLUGIN_DOMAIN: 1}), deploy_dir, meta, out_dir,
                             variant=VARIANT, external_data=external_data, kind="tensorrt",
-                            extra=extra)
+                            extra=extra, overwrite=overwrite)
 
 
 def _write_atomic(path: Path, data: bytes | str) -> None:
@@ -282,16 +283,21 @@ def export_tensorrt(deploy_dir: str | Path, out_dir: str | Path, target: str | T
                     plugin_library: str | Path | None = None, engine: bool = True,
                     max_batch: int | None = None, max_seq: int | None = None,
                     workspace_gib: float = DEFAULT_WORKSPACE_GIB, head_precision: str = "fp32",
-                    external_data: bool | None = None) -> TensorRTExport:
+                    external_data: bool | None = None, overwrite: bool = False
+                    ) -> TensorRTExport:
     """Plugin-node ONNX graph for `target`, then (with `engine`) a TensorRT engine.
 
-    Raises `TensorRTUnavailableError` / `PluginLibraryError` / `EngineBuildError` after the
-    ONNX variant is safely written when the engine cannot be built here; their message says
-    where the graph is and what to install or build.
+    With `engine`, TensorRT and the plugin library are looked up first: where they are
+    missing, `TensorRTUnavailableError` / `PluginLibraryError` says what to install and
+    nothing is written. `EngineBuildError` (the build itself failed) comes after the
+    graph is safely written; its message says where.
     """
     target = load_target(target)
+    if engine:
+        import_tensorrt()
+        find_plugin_library(plugin_library)
     out = write_plugin_onnx(deploy_dir, out_dir, target, head_precision=head_precision,
-                            external_data=external_data)
+                            external_data=external_data, overwrite=overwrite)
     from ..export.onnx_export import MODEL_FILE
 
     if not engine:

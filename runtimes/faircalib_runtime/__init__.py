@@ -28,13 +28,14 @@ from .config import (
     RandomCommitConfig,
     Remasking,
 )
-from .decode import DecodeResult, StepEvent, generate, left_pad
+from .decode import DecodeResult, PromptError, StepEvent, generate, left_pad
 from .text import TextDecoder
 from .trajectory import Trajectory, TrajectoryRecorder
 
 __all__ = [
     "Backend", "DecodeResult", "DreamAlg", "DreamConfig", "FunctionBackend", "LLaDAConfig",
-    "Padding", "PolicyConfig", "PolicyConfigError", "RandomCommitConfig", "RawLogitsBackend",
+    "Padding", "PolicyConfig", "PolicyConfigError", "PromptError", "RandomCommitConfig",
+    "RawLogitsBackend",
     "Remasking", "StepEvent", "StepOutput", "Summary", "TextDecoder", "Trajectory",
     "TrajectoryRecorder", "align_logits", "generate", "left_pad", "summarize",
 ]

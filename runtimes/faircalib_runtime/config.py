@@ -148,7 +148,7 @@ class LLaDAConfig(PolicyConfig):
         if self.steps % self.num_blocks:
             raise PolicyConfigError(f"steps {self.steps} is not a multiple of the number of "
                                     f"blocks {self.num_blocks} (gen_length / block_length)")
-        if self.temperature < 0 or self.cfg_scale < 0:
+        if not (self.temperature >= 0 and self.cfg_scale >= 0):  # NaN fails too
             raise PolicyConfigError("temperature and cfg_scale must be >= 0")
 
     @property
@@ -189,7 +189,8 @@ class DreamConfig(PolicyConfig):
         _positive(self, "max_new_tokens", "steps")
         if not 0 < self.eps < 1:
             raise PolicyConfigError(f"eps must be in (0, 1), got {self.eps}")
-        if self.temperature < 0 or (self.alg_temp is not None and self.alg_temp < 0):
+        if not self.temperature >= 0 or (self.alg_temp is not None
+                                         and not self.alg_temp >= 0):  # NaN fails too
             raise PolicyConfigError("temperature and alg_temp must be >= 0")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise PolicyConfigError(f"top_p must be in (0, 1], got {self.top_p}")
@@ -231,7 +232,7 @@ class RandomCommitConfig(PolicyConfig):
         object.__setattr__(self, "padding_style",
                            _enum(Padding, self.padding_style, "padding_style"))
         _positive(self, "window_length", "steps")
-        if self.temperature < 0:
+        if not self.temperature >= 0:  # NaN fails too
             raise PolicyConfigError(f"temperature must be >= 0, got {self.temperature}")
 
     @property

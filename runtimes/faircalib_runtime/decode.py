@@ -35,6 +35,10 @@ from .xp import NUMPY, Array, ArrayOps, softmax
 NEG_INF = float("-inf")
 
 
+class PromptError(ValueError):
+    """A prompt the loop cannot decode: empty, not token ids, or holding the mask id."""
+
+
 @dataclass(frozen=True)
 class Batch:
     """A left-padded batch laid out on the host."""
@@ -50,10 +54,10 @@ def left_pad(prompts: Sequence[Sequence[int]], window: int, *, pad_id: int, mask
              padding: Padding) -> Batch:
     """Lay out prompts of different lengths; validates them."""
     if not prompts:
-        raise ValueError("no prompts given")
+        raise PromptError("no prompts given")
     lengths = [len(p) for p in prompts]
     if min(lengths) == 0:
-        raise ValueError(f"prompt {lengths.index(0)} is empty")
+        raise PromptError(f"prompt {lengths.index(0)} is empty")
     width = max(lengths)
     b, s = len(prompts), width + window
     ids = np.full((b, s), mask_id, dtype=np.int64)
@@ -62,9 +66,9 @@ def left_pad(prompts: Sequence[Sequence[int]], window: int, *, pad_id: int, mask
     for i, prompt in enumerate(prompts):
         row = np.asarray(prompt, dtype=np.int64)
         if row.ndim != 1 or (row < 0).any():
-            raise ValueError(f"prompt {i} must be a flat list of non-negative token ids")
+            raise PromptError(f"prompt {i} must be a flat list of non-negative token ids")
         if (row == mask_id).any():
-            raise ValueError(f"prompt {i} contains the mask id {mask_id}")
+            raise PromptError(f"prompt {i} contains the mask id {mask_id}")
         ids[i, : pad[i]] = pad_id
         ids[i, pad[i]:width] = row
         real[i, : pad[i]] = False

@@ -32,7 +32,12 @@ def read_runtime_config(directory: str | Path) -> dict:
     file = directory / RUNTIME_JSON
     if not file.is_file():
         raise ExportError(f"{directory} is not an exported model (no {RUNTIME_JSON})")
-    config = json.loads(file.read_text())
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ExportError(f"{file}: invalid JSON ({err})") from None
+    if not isinstance(config, dict):
+        raise ExportError(f"{file}: expected a JSON object")
     if config.get("format") != "faircalib-onnx":
         raise ExportError(f"{file}: unknown format {config.get('format')!r}")
     if not (directory / config["model_file"]).is_file():

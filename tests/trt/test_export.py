@@ -106,19 +106,20 @@ def test_only_w4a4_has_plugins(deployed):
         PluginWriter(GraphBuilder("x"), meta, tensors, head_precision="int8")
 
 
-def test_without_tensorrt_the_graph_is_written_and_the_error_is_typed(deployed, tmp_path,
-                                                                      monkeypatch):
+def test_without_tensorrt_nothing_is_written_and_the_error_is_typed(deployed, tmp_path,
+                                                                    monkeypatch):
+    """An engine asked for where TensorRT is missing: a typed error, and no half-written
+    OUT; the plugin graph alone (engine=False) is written."""
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt -> ImportError
     out = tmp_path / "no-trt"
     with pytest.raises(TensorRTUnavailableError) as info:
         export_tensorrt(deployed, out, "rtx3090")
-    assert isinstance(info.value, FaircalibError)
-    message = str(info.value)
-    assert str(out / "model.onnx") in message and "tensorrt" in message
-    assert (out / "model.onnx").is_file()
-    assert json.loads((out / "runtime.json").read_text())["target"]["name"] == "rtx3090"
-    result = export_tensorrt(deployed, tmp_path / "graph-only", "h100", engine=False)
+    assert isinstance(info.value, FaircalibError) and "tensorrt" in str(info.value)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    result = export_tensorrt(deployed, tmp_path / "graph-only", "rtx3090", engine=False)
     assert result.engine is None and result.onnx.is_file()
+    runtime = json.loads((tmp_path / "graph-only" / "runtime.json").read_text())
+    assert runtime["target"]["name"] == "rtx3090" and runtime["engine"] is None
 
 
 def test_missing_plugin_library_is_a_typed_error(plugin_export, monkeypatch, tmp_path):

@@ -1,0 +1,139 @@
+"""Bad input ends in exit 2 and one line naming the problem: no traceback, no hang,
+no silent default, no exit 0.
+
+Each case was a traceback, a hang or a wrong exit 0 before the checks it names.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from faircalib_export.cli import main
+
+
+def _run(capsys, *argv):
+    with pytest.raises(SystemExit) as exc:
+        main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return (exc.value.code or 0), captured.out + captured.err
+
+
+def _assert_one_line_error(code, text, *needles):
+    assert code == 2, text
+    assert "Traceback" not in text
+    error = [ln for ln in text.splitlines() if ln.startswith("error:")]
+    assert len(error) == 1, text
+    for needle in needles:
+        assert needle in error[0], (needle, error[0])
+
+
+@pytest.fixture
+def checkpoint(tmp_path, llada_single_dir):
+    """A private copy of a one-shard tiny LLaDA checkpoint to damage."""
+    return shutil.copytree(llada_single_dir, tmp_path / "ck")
+
+
+def _edit_config(path, **fields):
+    cfg = json.loads((path / "config.json").read_text())
+    cfg.update(fields)
+    (path / "config.json").write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize("fields,needle", [
+    ({"n_layers": 2.5}, "expected an integer"),
+    ({"rope_theta": -1.0}, "rope_theta must be a positive number"),
+    ({"pad_token_id": 10**6}, "pad_token_id 1000000 is outside the vocabulary"),
+    ({"n_layers": 10**12}, "more than any real checkpoint"),
+    ({"d_model": 10**9}, "more than any real checkpoint"),
+    ({"n_heads": 5}, "not divisible by num_heads"),
+])
+def test_bad_config_fields(checkpoint, capsys, fields, needle):
+    _edit_config(checkpoint, **fields)
+    _assert_one_line_error(*_run(capsys, "info", checkpoint), needle)
+
+
+def test_config_that_is_not_an_object(checkpoint, capsys):
+    (checkpoint / "config.json").write_text("[1, 2]")
+    _assert_one_line_error(*_run(capsys, "info", checkpoint), "expected a JSON object")
+
+
+def _rewrite_weights(path, change):
+    file = path / "model.safetensors"
+    tensors = load_file(str(file))
+    change(tensors)
+    save_file(tensors, str(file))
+
+
+@pytest.mark.parametrize("damage,needle", [
+    (lambda t: t["model.transformer.blocks.0.q_proj.weight"].view(-1).__setitem__(0, float("nan")),
+     "NaN or Inf"),
+    (lambda t: t.__setitem__("model.transformer.blocks.0.q_proj.weight",
+                             t["model.transformer.blocks.0.q_proj.weight"].to(torch.int8)),
+     "must be a float tensor"),
+])
+def test_bad_weights_do_not_decode(checkpoint, capsys, damage, needle):
+    if "model.transformer.blocks.0.q_proj.weight" not in load_file(
+            str(checkpoint / "model.safetensors")):
+        pytest.skip("layout changed")
+    _rewrite_weights(checkpoint, damage)
+    code, text = _run(capsys, "generate", checkpoint, "-p", "hi", "--gen-length", "8",
+                      "--steps", "4")
+    _assert_one_line_error(code, text, needle)
+
+
+def test_shard_index_may_not_point_outside_the_checkpoint(tmp_path, llada_dir, capsys):
+    ck = shutil.copytree(llada_dir, tmp_path / "ck")
+    index = json.loads((ck / "model.safetensors.index.json").read_text())
+    key = next(iter(index["weight_map"]))
+    secret = tmp_path / "outside.safetensors"
+    save_file({"x": torch.zeros(1)}, str(secret))
+    index["weight_map"][key] = "../outside.safetensors"
+    (ck / "model.safetensors.index.json").write_text(json.dumps(index))
+    _assert_one_line_error(*_run(capsys, "info", ck), "outside the checkpoint directory")
+
+
+def test_safetensors_header_that_is_not_an_object(checkpoint, capsys):
+    header = b"[1,2,3]"
+    (checkpoint / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
+    _assert_one_line_error(*_run(capsys, "info", checkpoint), "header is not a JSON object")
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (("eval", "llada-chain", "--limit", "0"), "limit must be an integer >= 1"),
+    (("eval", "llada-chain", "--task", "nope", "--limit", "2"), "nope"),
+    (("probe", "llada-chain", "--samples", "0"), "samples must be an integer >= 1"),
+    (("calibrate", "llada-chain", "--samples", "0"), "samples must be an integer >= 1"),
+    (("calibrate", "llada-chain", "--seq-len", "100000"), "exceeds the model's maximum"),
+    (("calibrate", "llada-chain", "--w-bits", "16"), "unsupported weight bit width 16"),
+    (("calibrate", "llada-chain", "--device", "cuda"), "no CUDA device"),
+    (("calibrate", "llada-chain", "--device", "tpu9"), "is not a device"),
+    (("generate", "llada-chain", "-p", "x", "--temperature", "nan"), "temperature"),
+    (("generate", "llada-chain", "-p", "<|mdm_mask|>"), "mask id"),
+])
+def test_bad_options(tmp_path, capsys, argv, needle):
+    if argv[0] in ("probe", "calibrate"):
+        argv = (*argv, "-o", tmp_path / "out")
+    _assert_one_line_error(*_run(capsys, *argv), needle)
+    assert not (tmp_path / "out").exists()
+
+
+def test_prior_with_a_negative_floor(tmp_path, capsys):
+    prior = tmp_path / "prior"
+    prior.mkdir()
+    (prior / "prior.json").write_text(json.dumps({"weights": [1.0, 0.5], "floor": -0.5}))
+    code, text = _run(capsys, "calibrate", "llada-chain", "--prior", prior, "-o",
+                      tmp_path / "out")
+    _assert_one_line_error(code, text, "floor")
+
+
+def test_invalid_json_in_a_manifest_names_the_file(tmp_path, capsys):
+    art = tmp_path / "art"
+    art.mkdir()
+    (art / "manifest.json").write_text("{")
+    _assert_one_line_error(*_run(capsys, "fold", art, "-o", tmp_path / "d"), "manifest.json",
+                           "invalid JSON")
