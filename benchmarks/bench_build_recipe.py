@@ -2,7 +2,7 @@
 
 For each recipe, `compare` calibrates fair-calib (one seed), scores held-out accuracy and
 runs the teacher-forced diagnostics; the table shows calibration seconds, accuracy, KL
-and flips next to the paper's recipe (15 epochs of 64 sequences was the old tiny default).
+and flips, to set against the paper's recipe (15 epochs of 64 sequences, the old tiny default).
 
     python benchmarks/bench_build_recipe.py --model dream-chain --recipes 2x32,4x32,15x64
 """

@@ -1,7 +1,7 @@
 """Calibration cost per method: wall time and peak RSS of a full `calibrate` run.
 
-Each method calibrates the same model with its defaults (tiny models: 64 x 128 calibration
-tokens, 15 epochs per block) in a fresh process, so the peak resident memory is that
+Each method calibrates the same model with its defaults (the model's recipe,
+`faircalib_export/calibrate/config.py`) in a fresh process, so the peak resident memory is that
 run's alone. fair-calib includes its Stage I probing (reported apart as `probe`).
 
     python benchmarks/bench_calib_methods.py [--model llada-chain] [--methods rtn,...]

@@ -81,7 +81,8 @@ def test_eval_on_the_export_equals_eval_on_its_calibrated_artifact(chain_kinds, 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_generate_on_every_kind(chain_kinds, kind, capsys):
-    code, text = _run(capsys, "generate", chain_kinds[kind], "-p", "start 12 then +2 then -1 then +1 then -2")
+    code, text = _run(capsys, "generate", chain_kinds[kind], "-p",
+                      "start 12 then +2 then -1 then +1 then -2")
     assert code == 0, text
     assert "+2=14 -1=13 +1=14 -2=12 answer 12" in text
 

@@ -5,7 +5,6 @@ Each test names the behaviour it guards; the mutant that must fail it is in its 
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -183,7 +182,9 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback(calibrated, tmp_
                       "--prompts", prompts)
     assert code == 2 and "not UTF-8" in text and "Traceback" not in text
     # --debug shows the traceback of the same user error
-    with pytest.raises(Exception):
+    from faircalib_export.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="invalid JSON"):
         main(["--debug", "fold", str(broken), "-o", str(tmp_path / "x")])
     # an unexpected exception is a bug: it propagates with its traceback
     import faircalib_export.fold.fold as fold_module
@@ -192,4 +193,3 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback(calibrated, tmp_
                         lambda *a, **k: (_ for _ in ()).throw(ZeroDivisionError("bug")))
     with pytest.raises(ZeroDivisionError):
         main(["fold", str(art), "-o", str(tmp_path / "y")])
-    assert json.dumps({})  # keeps the json import used

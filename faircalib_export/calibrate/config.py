@@ -11,11 +11,12 @@ Configs are written into artifacts with `to_dict` (carrying `version`) and read 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .. import checks
 from ..errors import ConfigError, FaircalibError
+from ..versioned import Versioned
 from .methods import get_method
 
 
@@ -50,8 +51,9 @@ def _check_count(name: str, value: Any, minimum: int = 1) -> None:
 
 
 @dataclass(frozen=True)
-class CalibConfig:
+class CalibConfig(Versioned):
     VERSION: ClassVar[int] = 1
+    WHAT: ClassVar[str] = "calibration config"
 
     method: str = "fair-calib"
     w_bits: int = 4
@@ -89,20 +91,3 @@ class CalibConfig:
         if self.epochs is not None:
             return self
         return dataclasses.replace(self, epochs=recipe_for(hidden_size).epochs)
-
-    def to_dict(self) -> dict:
-        return {"version": self.VERSION, **asdict(self)}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> CalibConfig:
-        if not isinstance(data, dict):
-            raise ConfigError(f"calibration config must be an object, got {type(data).__name__}")
-        data = dict(data)
-        version = data.pop("version", cls.VERSION)
-        if version != cls.VERSION:
-            raise ConfigError(f"calibration config version {version} is not supported "
-                              f"(this toolchain reads version {cls.VERSION})")
-        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ConfigError(f"calibration config has unknown field(s): {', '.join(unknown)}")
-        return cls(**data)

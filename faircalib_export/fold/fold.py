@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..artifacts import atomic_dir, check_output, file_sha256, write_manifest
-from ..calibrate.artifact import load_quantized, read_manifest
+from ..calibrate.artifact import load_quantized, read_calib_config, read_manifest
 from ..errors import ConfigError
 from ..models.families import LINEAR_SITE, get_family
 from ..quant.quantizer import NO_QUANT_BITS, quantize_rows
@@ -48,7 +48,7 @@ def fold_artifact(artifact: str | Path, out: str | Path, *, embed_bits: int = 16
     artifact = Path(artifact)
     manifest = read_manifest(artifact)
     check_output(out, "folded", (artifact,), overwrite)
-    calib = manifest["config"]["calib"]
+    calib = read_calib_config(manifest)
     base = Path(base_model or manifest["config"]["base_model"])
     model = load_quantized(artifact, base)
     cfg = model.cfg
@@ -58,7 +58,7 @@ def fold_artifact(artifact: str | Path, out: str | Path, *, embed_bits: int = 16
             block = qb.folded()
             for lin in LINEAR_SITE:
                 _store_codes(tensors, f"blocks.{i}.{lin}", block.pop(f"{lin}.codes"),
-                             block.pop(f"{lin}.scale"), calib["w_bits"])
+                             block.pop(f"{lin}.scale"), calib.w_bits)
             tensors.update({f"blocks.{i}.{name}": value for name, value in block.items()})
         tensors["norm.weight"] = model.norm.weight.detach().float()
         for name, weight, bits in (("embed", model.embed.weight, embed_bits),
@@ -73,14 +73,14 @@ def fold_artifact(artifact: str | Path, out: str | Path, *, embed_bits: int = 16
     meta = {
         "format": FORMAT, "version": 1, "family": cfg.family,
         "model_config": cfg.to_dict(),
-        "w_bits": calib["w_bits"], "a_bits": calib["a_bits"],
+        "w_bits": calib.w_bits, "a_bits": calib.a_bits,
         "embed_bits": embed_bits, "head_bits": head_bits,
-        "method": calib["method"],
+        "method": calib.method,
         "source_artifact_sha256": file_sha256(artifact / "manifest.json"),
         "nibble_order": "element 2j in bits 0-3, element 2j+1 in bits 4-7 (two's complement)",
         "default_policy": family.default_policy,
         "activation_quantization": "per token, symmetric, scale = act_clip * max|x| / qmax"
-                                   if calib["a_bits"] != NO_QUANT_BITS else "none",
+                                   if calib.a_bits != NO_QUANT_BITS else "none",
     }
     with atomic_dir(out, "folded", inputs=(artifact,), overwrite=overwrite) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / WEIGHTS))

@@ -6,11 +6,11 @@ calibrated; it is written into every calibrated artifact and read back with `fro
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import ClassVar
 
 from ..errors import ConfigError
+from ..versioned import Versioned
 
 SUPPORTED_BITS = range(2, 9)
 NO_QUANT_BITS = 16  # leave the tensor in 16 bit (activations: weight-only quantization)
@@ -25,10 +25,11 @@ def check_bits(bits: int, what: str, allow_16: bool = False) -> int:
 
 
 @dataclass(frozen=True)
-class QuantSpec:
+class QuantSpec(Versioned):
     """How a block is quantized (the numerics), independent of how it is calibrated."""
 
     VERSION: ClassVar[int] = 1
+    WHAT: ClassVar[str] = "quantization spec"
     TRANSFORMS: ClassVar[tuple[str, ...]] = ("none", "hadamard", "learnable")
 
     w_bits: int = 4
@@ -44,20 +45,3 @@ class QuantSpec:
         if self.transform not in self.TRANSFORMS:
             raise ConfigError(f"unknown transform {self.transform!r}; "
                               f"choose one of {', '.join(self.TRANSFORMS)}")
-
-    def to_dict(self) -> dict:
-        return {"version": self.VERSION, **asdict(self)}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> QuantSpec:
-        if not isinstance(data, dict):
-            raise ConfigError(f"quantization spec must be an object, got {type(data).__name__}")
-        data = dict(data)
-        version = data.pop("version", cls.VERSION)
-        if version != cls.VERSION:
-            raise ConfigError(f"quantization spec version {version} is not supported "
-                              f"(this toolchain reads version {cls.VERSION})")
-        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ConfigError(f"quantization spec has unknown field(s): {', '.join(unknown)}")
-        return cls(**data)

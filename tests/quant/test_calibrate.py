@@ -98,17 +98,28 @@ def test_interrupted_run_resumes_finished_blocks(model_dir, tokens, tmp_path):
         assert all(torch.equal(x[k], y[k]) for k in x)
 
 
-def test_nan_during_calibration_is_a_clear_error(model_dir, tokens, tmp_path):
-    bad = tokens.clone()
-    model = load_model(model_dir)
-    with torch.no_grad():
-        model.embed.weight[bad[0, 0]] = float("nan")
+def test_nan_weights_are_refused_before_calibrating(model_dir, tokens, tmp_path):
+    from faircalib_export.errors import CheckpointError
     from faircalib_export.models.checkpoint import save_checkpoint
 
+    model = load_model(model_dir)
+    with torch.no_grad():
+        model.embed.weight[tokens[0, 0]] = float("nan")
     nan_dir = tmp_path / "nan_model"
     save_checkpoint(model, nan_dir, lambda d: None)
+    with pytest.raises(CheckpointError, match="NaN or Inf"):
+        _run(nan_dir, tmp_path / "n", tokens, method="flatquant", epochs=1)
+    assert not (tmp_path / "n").exists()
+
+
+def test_nan_during_calibration_is_a_clear_error(model_dir, tokens, tmp_path, monkeypatch):
+    import faircalib_export.calibrate.stage2 as stage2
+
+    real = stage2.weighted_mse
+    monkeypatch.setattr(stage2, "weighted_mse", lambda out, target, w: real(
+        out, target, w) * float("nan") if torch.is_grad_enabled() else real(out, target, w))
     with pytest.raises(CalibrationError, match="non-finite"):
-        _run(nan_dir, tmp_path / "n", bad, method="flatquant", epochs=1)
+        _run(model_dir, tmp_path / "n", tokens, method="flatquant", epochs=1)
     assert not (tmp_path / "n").exists()
 
 
