@@ -65,17 +65,13 @@ def read_prompts(path: Path | None, default: list[str]) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise ValidationError(f"prompt file {path} not found")
-    if path.suffix == ".jsonl":
-        from .jsonl import jsonl_rows
+    from .jsonl import jsonl_rows, read_text
 
-        lines = [r.get("prompt") or r.get("question") or r.get("text")
-                 for r in jsonl_rows(path)]
+    if path.suffix == ".jsonl":
+        lines = [(r.get("prompt") or r.get("question") or r.get("text"))
+                 if isinstance(r, dict) else None for _, r in jsonl_rows(path)]
     else:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise ValidationError(f"{path}: not UTF-8 text") from None
-        lines = [ln for ln in text.splitlines() if ln.strip()]
+        lines = [ln for ln in read_text(path).splitlines() if ln.strip()]
     if not lines or not all(isinstance(ln, str) and ln for ln in lines):
         raise ValidationError(f"{path}: no prompts (one per line, or JSONL with 'prompt')")
     return lines

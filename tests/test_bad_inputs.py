@@ -137,3 +137,40 @@ def test_invalid_json_in_a_manifest_names_the_file(tmp_path, capsys):
     (art / "manifest.json").write_text("{")
     _assert_one_line_error(*_run(capsys, "fold", art, "-o", tmp_path / "d"), "manifest.json",
                            "invalid JSON")
+
+
+def test_text_inputs_that_are_not_utf8_name_the_file(tmp_path, capsys):
+    data = tmp_path / "latin1.txt"
+    data.write_bytes("café au lait\n".encode("latin-1") * 20)
+    code, text = _run(capsys, "calibrate", "llada-chain", "--method", "rtn", "--data", data,
+                      "-o", tmp_path / "out")
+    _assert_one_line_error(code, text, str(data), "not UTF-8")
+    code, text = _run(capsys, "probe", "llada-chain", "--data", data, "--samples", 2, "-o",
+                      tmp_path / "prior")
+    _assert_one_line_error(code, text, str(data), "not UTF-8")
+
+
+def test_deploy_json_bit_width_must_match_the_packed_weights(tmp_path, capsys):
+    from faircalib_export.calibrate.config import CalibConfig
+    from faircalib_export.calibrate.entry import calibrate_checkpoint
+    from faircalib_export.fold.fold import fold_artifact
+
+    art = calibrate_checkpoint("llada-chain", tmp_path / "cal", CalibConfig("rtn"), samples=2,
+                               seq_len=16)
+    deploy = fold_artifact(art, tmp_path / "deploy")
+    meta = json.loads((deploy / "deploy.json").read_text())
+    (deploy / "deploy.json").write_text(json.dumps({**meta, "w_bits": 8}))
+    code, text = _run(capsys, "export", deploy, "-o", tmp_path / "onnx")
+    _assert_one_line_error(code, text, "w_bits 8 disagrees with the stored weights")
+    assert not (tmp_path / "onnx").exists()
+
+
+def test_validate_reads_jsonl_prompts(tmp_path, capsys):
+    from faircalib_export.validate import ValidationError, read_prompts
+
+    file = tmp_path / "p.jsonl"
+    file.write_text('{"prompt": "a"}\n\n{"question": "b"}\n')
+    assert read_prompts(file, []) == ["a", "b"]
+    file.write_text('{"prompt": "a"}\n[1]\n')
+    with pytest.raises(ValidationError, match="no prompts"):
+        read_prompts(file, [])

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError
-from ..jsonl import jsonl_rows
+from ..jsonl import jsonl_rows, read_text
 
 
 def read_documents(source: str) -> list[str]:
@@ -38,7 +38,7 @@ def read_documents(source: str) -> list[str]:
             else:
                 raise ConfigError(f"{path}:{n}: expected a 'text' field or 'question'/'answer'")
     else:
-        docs = [d for d in path.read_text(encoding="utf-8").split("\n") if d.strip()]
+        docs = [d for d in read_text(path).split("\n") if d.strip()]
     if not docs:
         raise ConfigError(f"calibration data {path} is empty")
     return docs

@@ -55,7 +55,30 @@ def read_deploy(directory: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     meta = read_json(meta_file)
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{meta_file}: unknown format {meta.get('format')!r}")
-    return meta, load_file(str(directory / WEIGHTS))
+    tensors = load_file(str(directory / WEIGHTS))
+    _check_packing(meta, tensors, meta_file)
+    return meta, tensors
+
+
+def _check_packing(meta: dict, tensors: dict[str, torch.Tensor], meta_file: Path) -> None:
+    """deploy.json's weight bit width must be the one the stored codes are packed for."""
+    try:
+        cfg = ModelConfig(**meta["model_config"])
+        bits = meta["w_bits"]
+    except (KeyError, TypeError) as err:
+        raise CheckpointError(f"{meta_file}: incomplete ({err})") from None
+    width = {lin: site.dim for site in transform_sites(cfg) for lin in site.linears}
+    for i in range(cfg.num_layers):
+        for lin in LINEAR_SITE:
+            q = tensors.get(f"blocks.{i}.{lin}.qweight")
+            if q is None:
+                raise CheckpointError(f"{meta_file.parent}: weights lack blocks.{i}.{lin}")
+            cols, dtype = ((width[lin] + 1) // 2, torch.uint8) if bits <= 4 else \
+                (width[lin], torch.int8)
+            if q.ndim != 2 or q.shape[1] != cols or q.dtype != dtype:
+                raise CheckpointError(
+                    f"{meta_file}: w_bits {bits} disagrees with the stored weights "
+                    f"(blocks.{i}.{lin}.qweight is {q.dtype} {tuple(q.shape)})")
 
 
 def codes_of(tensors: dict[str, torch.Tensor], prefix: str, in_features: int,

@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..jsonl import jsonl_rows
+from ..jsonl import jsonl_rows, read_text
 
 COT_INSTRUCTION = "Let's think step by step."
 TASK_PREFIX = "task:"
@@ -92,7 +92,7 @@ def _file_prompts(path: Path, tok, n: int) -> list[list[int]]:
                 break
         decoder = TextDecoder(tok, chat=True)
     else:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = read_text(path).splitlines()
         texts = [line.strip() for line in lines if line.strip()][:n]
         decoder = TextDecoder(tok, chat=False)
     if not texts:
