@@ -30,6 +30,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
@@ -55,7 +56,11 @@ def read_deploy(directory: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     meta = read_json(meta_file)
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{meta_file}: unknown format {meta.get('format')!r}")
-    tensors = load_file(str(directory / WEIGHTS))
+    try:
+        tensors = load_file(str(directory / WEIGHTS))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{directory / WEIGHTS} is missing, corrupt or truncated "
+                              f"({err})") from None
     _check_packing(meta, tensors, meta_file)
     return meta, tensors
 

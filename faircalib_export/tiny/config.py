@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
+from ..errors import ConfigError
 from .tasks import get_task
 
 
@@ -65,5 +66,6 @@ def default_config(family: str, **overrides) -> TrainConfig:
     try:
         base = DEFAULT_CONFIGS[family]
     except KeyError:
-        raise KeyError(f"no default config for family {family!r}") from None
+        raise ConfigError(f"no tiny model config for family {family!r}; choose one of "
+                          f"{', '.join(DEFAULT_CONFIGS)}") from None
     return replace(base, **{k: v for k, v in overrides.items() if v is not None})
