@@ -244,10 +244,17 @@ def claim_workdir(path: str | Path, kind: str, *, inputs: tuple = (), overwrite:
             fresh = path.parent / f".{path.name}.tmp-{os.getpid()}"
             fresh.mkdir()
             claim.commit(fresh)  # --overwrite: the old contents move aside, kept
+        created = not path.exists() or not any(path.iterdir())
         path.mkdir(parents=True, exist_ok=True)
         if artifact_kind(path) != kind:
             write_manifest(path, kind, {})
-        yield path
+        try:
+            yield path
+        except BaseException:
+            # failed before writing anything (bad input): leave no empty marked directory
+            if created and {p.name for p in path.iterdir()} <= {MANIFEST}:
+                shutil.rmtree(path, ignore_errors=True)
+            raise
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:

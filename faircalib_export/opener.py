@@ -21,7 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from . import checks
 from .artifacts import KIND_READERS_ORDER, detect_kind, read_json
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .models.families import END_OF_TURN
 
 TORCH_KINDS = ("checkpoint", "calibrated", "folded")
@@ -114,8 +114,12 @@ class TorchModel:
 
         settings = with_overrides(family_defaults(self.cfg.family, self.generation_config),
                                   **overrides)
-        return policy_config(settings, mask_id=self.cfg.mask_token_id, eos_ids=self.eos_ids,
-                             pad_id=self.cfg.pad_token_id, seed=seed)
+        config = policy_config(settings, mask_id=self.cfg.mask_token_id, eos_ids=self.eos_ids,
+                               pad_id=self.cfg.pad_token_id, seed=seed)
+        if config.window >= self.max_length:
+            raise ConfigError(f"a generation window of {config.window} tokens leaves no room "
+                              f"for a prompt: the model takes at most {self.max_length}")
+        return config
 
     def generate(self, prompts, config, **kwargs):
         """The runtime's loop with state and policy math on the model's device."""

@@ -174,3 +174,19 @@ def test_validate_reads_jsonl_prompts(tmp_path, capsys):
     file.write_text('{"prompt": "a"}\n[1]\n')
     with pytest.raises(ValidationError, match="no prompts"):
         read_prompts(file, [])
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (("compare", "llada-chain", "--task", "nope", "--seeds", "1"), "unknown task 'nope'"),
+    (("build", "llada-chain", "--target", "gtx480"), "unknown target"),
+    (("probe", "llada-chain", "--window", "600"), "probing window of 600 tokens"),
+])
+def test_a_failed_start_leaves_no_output(tmp_path, capsys, argv, needle):
+    _assert_one_line_error(*_run(capsys, *argv, "-o", tmp_path / "out"), needle)
+    assert list(tmp_path.iterdir()) == []  # no empty marked directory, no lock
+
+
+def test_a_window_longer_than_the_model_is_refused(capsys):
+    code, text = _run(capsys, "generate", "llada-chain", "-p", "hi", "--gen-length", "600",
+                      "--block-length", "600", "--steps", "600")
+    _assert_one_line_error(code, text, "leaves no room for a prompt")

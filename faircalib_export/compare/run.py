@@ -146,6 +146,19 @@ def run_compare(model: str | Path, out: str | Path, config: CompareConfig,
         return _run_compare(path, Path(out), config, say, detail)
 
 
+def _check_task(task: str) -> None:
+    from ..evaluate import benchmark_names
+    from ..tiny.tasks import get_task
+
+    if task in benchmark_names():
+        return
+    try:
+        get_task(task)
+    except KeyError:
+        raise ConfigError(f"unknown task {task!r}: a tiny task (chain, chain1) or a benchmark "
+                          f"({', '.join(benchmark_names())})") from None
+
+
 def _run_compare(path: Path, out: Path, config: CompareConfig, say, detail) -> dict:
     from ..calibrate.config import CalibConfig
     from ..models.builtin import default_task
@@ -156,6 +169,7 @@ def _run_compare(path: Path, out: Path, config: CompareConfig, say, detail) -> d
     if task is None:
         raise ConfigError(f"{path} has no default task: pass --task (a tiny task or a "
                           f"benchmark such as gsm8k)")
+    _check_task(task)  # before any calibration, not after
 
     data = config.data or default_task(path)
     if data is None:

@@ -51,6 +51,9 @@ def run_probe(model: str | Path, data: str | None, out: str | Path, *,
         raise ConfigError(f"{path} has no default probing data: pass --data")
     n_default, k_default, t_default = probe_shape(opened.cfg, opened.generation_config)
     config = ProbeConfig(steps=steps or t_default, window=window or k_default, **settings)
+    if config.window >= opened.cfg.max_position_embeddings:
+        raise ConfigError(f"a probing window of {config.window} tokens leaves no room for a "
+                          f"prompt: the model takes at most {opened.cfg.max_position_embeddings}")
     n = samples or n_default  # validated above: None is the only falsy value left
     max_tokens = max(1, opened.cfg.max_position_embeddings - config.window)
     prompts = load_prompts(source, path, n, seed=config.seed, max_tokens=max_tokens,

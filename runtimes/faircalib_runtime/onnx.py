@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .backend import StepOutput, Summary, Want
-from .config import PolicyConfig
+from .config import PolicyConfig, PolicyConfigError
 from .defaults import policy_config, with_overrides
 
 RUNTIME_JSON = "runtime.json"
@@ -169,9 +169,14 @@ class Exported:
 
     def policy(self, seed: int = 0, **overrides: Any) -> PolicyConfig:
         settings = with_overrides(self.config["decoding"], **overrides)
-        return policy_config(settings, mask_id=self.config["mask_token_id"],
-                             eos_ids=self.config["eos_token_ids"],
-                             pad_id=self.config["pad_token_id"], seed=seed)
+        config = policy_config(settings, mask_id=self.config["mask_token_id"],
+                               eos_ids=self.config["eos_token_ids"],
+                               pad_id=self.config["pad_token_id"], seed=seed)
+        if config.window >= self.max_length:
+            raise PolicyConfigError(f"a generation window of {config.window} tokens leaves no "
+                                    f"room for a prompt: the model takes at most "
+                                    f"{self.max_length}")
+        return config
 
 
 def open_exported(directory: str | Path, providers: Sequence[str] | None = None,
