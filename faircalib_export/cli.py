@@ -50,6 +50,11 @@ ModelArg = Annotated[
     typer.Argument(help="Checkpoint directory, or a built-in model name "
                         "(see `faircalib-export tiny list`)."),
 ]
+AnyModelArg = Annotated[
+    str,
+    typer.Argument(help="A model of any kind: checkpoint, calibrated artifact, folded model, "
+                        "exported ONNX or TensorRT directory, or a built-in model name."),
+]
 
 
 OverwriteOpt = Annotated[bool, typer.Option(
@@ -188,7 +193,7 @@ def fold(
 
 @app.command()
 def generate(
-    model: ModelArg,
+    model: AnyModelArg,
     prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="Prompt (repeatable).")],
     policy: Annotated[str | None, typer.Option(
         help="LLaDA: low_confidence | random. Dream: entropy | maskgit_plus | topk_margin | "
@@ -465,7 +470,7 @@ tiny_app.command("train")(train_cmd)
 
 @app.command("eval")
 def eval_command(
-    model: ModelArg,
+    model: AnyModelArg,
     task: Annotated[str, typer.Option(
         help="A tiny-model task (chain, chain1) or a benchmark: arc_easy, arc_challenge, "
              "boolq, winogrande, piqa, gsm8k, humaneval, wikitext2.")] = "chain",
