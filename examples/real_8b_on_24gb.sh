@@ -4,7 +4,9 @@
 #   examples/real_8b_on_24gb.sh /path/to/LLaDA-8B-Instruct [more build options]
 #
 # Environment: OUT (default runs/<checkpoint name>-w4a4), TARGET (rtx4090), DEVICE (cuda),
-# DATA (calibration text, the paper's WikiText-2), PROBE_DATA (the paper's GSM8K questions).
+# DATA (calibration text, the paper's WikiText-2), PROBE_DATA (the paper's GSM8K questions);
+# both default to SHARED=../shared/data beside the checkout: set DATA and PROBE_DATA (or
+# SHARED) when the data sets live elsewhere.
 #
 # Step 1 reads config.json alone. For LLaDA-8B-Instruct on an RTX 4090 it prints:
 #   calibration (128 x 1024, batch 4)     peak: fits  7.068 GiB

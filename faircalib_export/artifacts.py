@@ -86,6 +86,18 @@ def artifact_kind(path: Path) -> str | None:
     return None
 
 
+def foreign_entries(path: Path) -> list[str]:
+    """Entries of an artifact directory that its manifest does not list as its own (a
+    user's notes, say): replacing the artifact must not delete them. A manifest without
+    a file list (older artifacts) owns nothing but itself."""
+    try:
+        owned = read_json(path / MANIFEST).get("files")
+    except ConfigError:
+        owned = None
+    owned = set(owned) if isinstance(owned, list) else set()
+    return sorted(p.name for p in path.iterdir() if p.name not in owned | {MANIFEST})
+
+
 def check_output(path: str | Path, kind: str, inputs: tuple = (), overwrite: bool = False
                  ) -> None:
     """Refuse an output that would destroy something: the input, a file, a foreign directory.
@@ -163,16 +175,18 @@ class Output:
             path.rmdir()
         if not path.exists():
             tmp.rename(path)
-        elif artifact_kind(path) == self.kind:  # ours, of this kind: replace it
-            old = path.parent / f".{path.name}.old-{os.getpid()}"
+        elif artifact_kind(path) == self.kind and not foreign_entries(path):
+            old = path.parent / f".{path.name}.old-{os.getpid()}"  # ours alone: replace it
             path.rename(old)
             tmp.rename(path)
             shutil.rmtree(old, ignore_errors=True)
-        else:  # --overwrite of a foreign directory: keep it beside
+        else:  # --overwrite of a foreign directory, or user files in ours: keep it beside
             aside = path.parent / f"{path.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
             path.rename(aside)
             tmp.rename(path)
             self.moved_aside = aside
+            print(f"note: the previous {path} held files that are not part of a {self.kind} "
+                  f"artifact; it was moved to {aside}", file=sys.stderr)
         return path
 
 
@@ -232,6 +246,45 @@ def atomic_dir(path: str | Path, kind: str, *, inputs: tuple = (), overwrite: bo
         out.commit(tmp)
 
 
+def write_output_file(path: str | Path, text: str, *, inputs: tuple = (),
+                      overwrite: bool = False) -> Path:
+    """Write a single output file (a JSON result, a plot's numbers) without losing one.
+
+    Refused: a path inside an input, a directory, an existing file (unless `overwrite`).
+    The text goes to a temp sibling first, then is renamed into place.
+    """
+    path = Path(path)
+    check_output_file(path, inputs=inputs, overwrite=overwrite)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
+
+
+def check_output_file(path: str | Path, *, inputs: tuple = (), overwrite: bool = False) -> None:
+    path = Path(path)
+    resolved = path.resolve()
+    for item in inputs:
+        source = Path(item).resolve()
+        if resolved == source or source in resolved.parents:
+            raise OutputError(f"-o {path} is inside the input {item}: choose an output "
+                              f"outside it")
+    if path.is_dir():
+        raise OutputError(f"-o {path} is a directory; give a file path")
+    if path.exists() and not overwrite:
+        raise OutputError(f"-o {path} exists; pass --overwrite to replace it, or choose "
+                          f"another path")
+    for parent in resolved.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputError(f"-o {path}: {parent} is a file, not a directory")
+            break
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"-o {path}: cannot create {path.parent} ({err.strerror})") from None
+
+
 @contextmanager
 def claim_workdir(path: str | Path, kind: str, *, inputs: tuple = (), overwrite: bool = False
                   ) -> Iterator[Path]:
@@ -279,7 +332,12 @@ def package_versions() -> dict[str, str]:
 
 def write_manifest(directory: Path, kind: str, config: dict, inputs: dict[str, str] | None = None,
                    **extra) -> dict:
-    """Write `manifest.json`; `inputs` maps a role to a file whose hash is recorded."""
+    """Write `manifest.json`; `inputs` maps a role to a file whose hash is recorded.
+
+    `files` lists what the directory holds now: the artifact's own files, which a later
+    replacement may delete (anything else found there then is kept).
+    """
+    directory = Path(directory)
     manifest = {
         "kind": kind,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -287,7 +345,8 @@ def write_manifest(directory: Path, kind: str, config: dict, inputs: dict[str, s
         "config": config,
         "inputs": {role: {"path": str(p), "sha256": file_sha256(p)}
                    for role, p in (inputs or {}).items()},
+        "files": sorted(p.name for p in directory.iterdir() if p.name != MANIFEST),
         **extra,
     }
-    (Path(directory) / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
     return manifest

@@ -309,25 +309,39 @@ def validate(
     limit: Annotated[int, typer.Option("-n", "--limit", help="Prompts to use.")] = 32,
     out: Annotated[Path | None, typer.Option(
         "-o", "--out", help="Write report.json and report.md here.")] = None,
-    top1_min: float = Thresholds.top1_min,
-    decode_match_min: float = Thresholds.decode_match_min,
-    rel_error_max: float = Thresholds.rel_error_max,
-    kl_max: float = Thresholds.kl_max,
+    top1_min: Annotated[float, typer.Option(
+        help="Least top-1 agreement on teacher-forced masked states.")] = Thresholds.top1_min,
+    decode_match_min: Annotated[float, typer.Option(
+        help="Least share of prompts decoded to identical tokens.")
+    ] = Thresholds.decode_match_min,
+    rel_error_max: Annotated[float, typer.Option(
+        help="Largest relative error of the masked-position logits.")
+    ] = Thresholds.rel_error_max,
+    kl_max: Annotated[float, typer.Option(
+        help="Largest mean KL(reference || checked) per masked position.")] = Thresholds.kl_max,
     steps: Annotated[int | None, typer.Option(help="Denoising steps.")] = None,
     gen_length: Annotated[int | None, typer.Option(help="Generated tokens.")] = None,
     chat: Annotated[bool, typer.Option(help="Apply the chat template.")] = True,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Compare an exported model with its PyTorch reference; non-zero exit on failure.
 
     Teacher-forced top-1 agreement, KL and logit errors on the masked positions of the
     reference's own decoding trajectories, commit flips, and decoded-token agreement.
     """
+    from . import checks
+    from .artifacts import check_output
     from .opener import open_model
     from .validate import ValidationError, default_prompts, markdown, read_prompts
     from .validate import validate as run_validation
 
-    if limit < 1:
-        raise FaircalibError(f"--limit must be >= 1, got {limit}")
+    checks.count("--limit", limit)
+    for name, value in (("--top1-min", top1_min), ("--decode-match-min", decode_match_min),
+                        ("--rel-error-max", rel_error_max), ("--kl-max", kl_max)):
+        if not value >= 0:  # NaN fails too
+            raise FaircalibError(f"{name} must be a number >= 0, got {value}")
+    if out is not None:
+        check_output(out, "validation", (reference, exported), overwrite)
     ref = open_model(reference)
     exp = open_model(exported)
     texts = read_prompts(prompts, default_prompts(ref, limit))[:limit]
@@ -336,9 +350,14 @@ def validate(
         thresholds=Thresholds(top1_min, decode_match_min, rel_error_max, kl_max))
     text = markdown(report, reference, str(exported))
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
-        (out / "report.md").write_text(text)
+        from .artifacts import atomic_dir, write_manifest
+
+        with atomic_dir(out, "validation", inputs=(reference, exported),
+                        overwrite=overwrite) as tmp:
+            (tmp / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+            (tmp / "report.md").write_text(text)
+            write_manifest(tmp, "validation", {"reference": reference,
+                                               "exported": str(exported)})
     console.print(text, markup=False, highlight=False)
     if not report["passed"]:
         failed = [k for k, ok in report["checks"].items() if not ok]
@@ -429,10 +448,11 @@ def tiny_create(
     out: Annotated[Path, typer.Argument(help="Output checkpoint directory.")],
     family: Annotated[str, typer.Option(help="llada or dream.")] = "llada",
     hidden_size: int = 64,
-    intermediate_size: Annotated[int, typer.Option(help="Default: 3 x hidden size.")] = 0,
+    intermediate_size: Annotated[int | None, typer.Option(
+        help="Default: 3 x hidden size.")] = None,
     num_layers: int = 2,
     num_heads: int = 4,
-    num_kv_heads: Annotated[int, typer.Option(help="Default: num heads.")] = 0,
+    num_kv_heads: Annotated[int | None, typer.Option(help="Default: num heads.")] = None,
     shards: Annotated[int, typer.Option(help="Number of safetensors shards.")] = 1,
     seed: int = 0,
     dtype: Annotated[str, typer.Option(help="fp32, bf16 or fp16.")] = "fp32",
@@ -443,8 +463,8 @@ def tiny_create(
 
     path = write_tiny_checkpoint(
         out, family, shards=shards, seed=seed, dtype=dtype, hidden_size=hidden_size,
-        intermediate_size=intermediate_size or None, num_layers=num_layers,
-        num_heads=num_heads, num_kv_heads=num_kv_heads or None, overwrite=overwrite,
+        intermediate_size=intermediate_size, num_layers=num_layers,
+        num_heads=num_heads, num_kv_heads=num_kv_heads, overwrite=overwrite,
     )
     console.print(f"wrote {family} checkpoint to {path}")
 
@@ -486,16 +506,22 @@ def eval_command(
     seed: int = 0,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Write JSON here.")
                       ] = None,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace an existing --output file.")] = False,
 ) -> None:
     """Accuracy of a model (any kind) with its own commit policy, as JSON."""
+    from .artifacts import check_output_file
     from .evaluate import benchmark_names, evaluate_benchmark
 
+    if output is not None:  # before the evaluation, not after
+        check_output_file(output, inputs=(model,), overwrite=overwrite)
     if task not in benchmark_names():
         from .tiny.commands import eval_cmd
+        from .tiny.config import EVAL_LIMIT
 
-        eval_cmd(model, task=task, limit=500 if limit is None else limit,
+        eval_cmd(model, task=task, limit=EVAL_LIMIT if limit is None else limit,
                  gen_length=gen_length, steps=steps,
-                 seed=seed, output=output)
+                 seed=seed, output=output, overwrite=overwrite)
         return
     from rich.progress import Progress
 
@@ -513,7 +539,9 @@ def eval_command(
     text = json.dumps(result, indent=1)
     console.print_json(text)
     if output is not None:
-        output.write_text(text + "\n")
+        from .artifacts import write_output_file
+
+        write_output_file(output, text + "\n", inputs=(model,), overwrite=overwrite)
 
 
 _DEBUG = {"on": False}

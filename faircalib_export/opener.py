@@ -156,7 +156,21 @@ def _open_folded(path: Path, device: str) -> TorchModel:
     model = load_deployed(path)
     return TorchModel("folded", model.to(device), model.cfg,
                       load_tokenizer(path, get_family(model.cfg.family)),
-                      read_generation_config(path), None, path)
+                      read_generation_config(path), _source_checkpoint(path), path)
+
+
+def _source_checkpoint(deploy: Path) -> Path | None:
+    """The FP checkpoint a folded model descends from, through its calibrated artifact's
+    manifest (None when the chain is not on this machine)."""
+    from .artifacts import MANIFEST
+    from .errors import FaircalibError
+
+    try:
+        source = read_json(deploy / MANIFEST)["inputs"]["artifact_manifest"]["path"]
+        base = Path(read_json(source)["config"]["base_model"])
+    except (FaircalibError, KeyError, TypeError):
+        return None
+    return base if (base / "config.json").is_file() else None
 
 
 def _open_onnx(path: Path, device: str):

@@ -262,11 +262,9 @@ def plan_cmd(
         "--target", "-t", help="Target GPU (a name from configs/targets, or a JSON file).")
     ] = "rtx4090",
     samples: Annotated[int | None, typer.Option(
-        help="Stage II calibration sequences (default: the model's recipe, 128 for real "
-             "models).")] = None,
+        help="Stage II calibration sequences (default: the model's recipe).")] = None,
     seq_len: Annotated[int | None, typer.Option(
-        help="Stage II sequence length (default: the model's recipe, 1024 for real "
-             "models).")] = None,
+        help="Stage II sequence length (default: the model's recipe).")] = None,
     batch: Annotated[int | None, typer.Option(
         help="Stage II batch size (default: calibrate's).")] = None,
     max_batch: Annotated[int | None, typer.Option(

@@ -190,3 +190,61 @@ def test_a_window_longer_than_the_model_is_refused(capsys):
     code, text = _run(capsys, "generate", "llada-chain", "-p", "hi", "--gen-length", "600",
                       "--block-length", "600", "--steps", "600")
     _assert_one_line_error(code, text, "leaves no room for a prompt")
+
+
+def test_nan_in_artifacts_is_refused(tmp_path, capsys):
+    """NaN written into a calibrated block or a folded model's weights: refused on load."""
+    from faircalib_export.calibrate.config import CalibConfig
+    from faircalib_export.calibrate.entry import calibrate_checkpoint
+    from faircalib_export.fold.fold import fold_artifact
+
+    art = calibrate_checkpoint("llada-chain", tmp_path / "cal", CalibConfig("flatquant", epochs=1),
+                               samples=2, seq_len=16)
+    deploy = fold_artifact(art, tmp_path / "deploy")
+    block = art / "blocks" / "block_000.safetensors"
+    state = load_file(str(block))
+    key = next(k for k, v in state.items() if v.is_floating_point() and v.numel() > 1
+               and torch.isfinite(v).all())
+    state[key].view(-1)[0] = float("nan")
+    save_file(state, str(block))
+    code, text = _run(capsys, "fold", art, "-o", tmp_path / "d2")
+    _assert_one_line_error(code, text, "NaN")
+    weights = load_file(str(deploy / "weights.safetensors"))
+    weights["blocks.0.attn.k_proj.scale"][0] = float("nan")
+    save_file(weights, str(deploy / "weights.safetensors"))
+    code, text = _run(capsys, "export", deploy, "-o", tmp_path / "onnx")
+    _assert_one_line_error(code, text, "NaN")
+
+
+def test_deploy_json_embedding_bits_must_match(tmp_path, capsys):
+    from faircalib_export.calibrate.config import CalibConfig
+    from faircalib_export.calibrate.entry import calibrate_checkpoint
+    from faircalib_export.fold.fold import fold_artifact
+
+    art = calibrate_checkpoint("llada-chain", tmp_path / "cal", CalibConfig("rtn"), samples=2,
+                               seq_len=16)
+    deploy = fold_artifact(art, tmp_path / "deploy")
+    meta = json.loads((deploy / "deploy.json").read_text())
+    (deploy / "deploy.json").write_text(json.dumps({**meta, "embed_bits": 4}))
+    code, text = _run(capsys, "export", deploy, "-o", tmp_path / "onnx")
+    _assert_one_line_error(code, text, "embed bits 4 disagree")
+
+
+def test_infinite_learning_rate_is_refused_before_work(tmp_path, capsys):
+    code, text = _run(capsys, "calibrate", "llada-chain", "--method", "flatquant", "--lr", "inf",
+                      "-o", tmp_path / "out")
+    _assert_one_line_error(code, text, "finite")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_kept_prior_of_another_model_is_refused(tmp_path, capsys, llada_dir):
+    """calibrate without --prior keeps OUT.prior; a later run on another model must not
+    silently reuse it."""
+    args = ("--method", "fair-calib", "--samples", "2", "--seq-len", "16", "--epochs", "1")
+    out = tmp_path / "x"
+    assert _run(capsys, "calibrate", "llada-chain", "-o", out, *args)[0] == 0
+    shutil.rmtree(out)
+    data = tmp_path / "t.txt"
+    data.write_text("some text to calibrate on\n" * 40)
+    code, text = _run(capsys, "calibrate", llada_dir, "-o", out, *args, "--data", data)
+    _assert_one_line_error(code, text, "was probed on")

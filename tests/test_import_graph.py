@@ -124,3 +124,12 @@ def test_the_scan_finds_lazy_and_relative_cycles():
     node = tree.body[0].body[0]
     assert imported("faircalib_export.probe.artifact", False, node, modules()) == [
         "faircalib_export.opener"]
+
+
+def test_the_cli_imports_no_torch_until_a_command_needs_it():
+    """`--help` and the exported-model paths stay light: importing the CLI loads no torch."""
+    import subprocess
+    import sys
+
+    code = "import sys, faircalib_export.cli; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -5,6 +5,7 @@ Each test names the behaviour it guards; the mutant that must fail it is in its 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -193,3 +194,41 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback(calibrated, tmp_
                         lambda *a, **k: (_ for _ in ()).throw(ZeroDivisionError("bug")))
     with pytest.raises(ZeroDivisionError):
         main(["fold", str(art), "-o", str(tmp_path / "y")])
+
+
+def test_replacing_an_artifact_keeps_a_users_file_inside_it(calibrated, tmp_path, capsys):
+    # mutant: same-kind replace deleting the old directory whole (the user's notes with it)
+    _, art, _, _ = calibrated
+    out = tmp_path / "deploy"
+    assert _run(capsys, "fold", art, "-o", out)[0] == 0
+    (out / "notes.txt").write_text("mine")
+    code, text = _run(capsys, "fold", art, "-o", out)
+    assert code == 0 and "moved to" in text
+    assert (out / "deploy.json").is_file() and not (out / "notes.txt").exists()
+    (aside,) = tmp_path.glob("deploy.replaced-*")
+    assert (aside / "notes.txt").read_text() == "mine"
+
+
+def test_single_file_outputs_never_clobber(calibrated, tmp_path, capsys):
+    # mutant: eval / probe-compare writing -o without checks (inputs and files lost)
+    _, art, deploy, _ = calibrated
+    mine = tmp_path / "notes.json"
+    mine.write_text("mine")
+    code, text = _run(capsys, "eval", art, "--task", "chain", "--limit", 1, "-o", mine)
+    assert code == 2 and "exists" in text and mine.read_text() == "mine"
+    code, text = _run(capsys, "eval", art, "--task", "chain", "--limit", 1, "-o",
+                      art / "manifest.json")
+    assert code == 2 and "inside the input" in text
+    code, text = _run(capsys, "eval", art, "--task", "chain", "--limit", 1, "-o", mine,
+                      "--overwrite")
+    assert code == 0 and json.loads(mine.read_text())["n"] == 1
+
+
+def test_validate_report_dir_is_an_artifact(calibrated, tmp_path, capsys):
+    # mutant: validate -o writing report.md into a user's directory
+    _, art, deploy, _ = calibrated
+    folder = _user_dir(tmp_path / "v")
+    (folder / "report.md").write_text("mine")
+    code, text = _run(capsys, "validate", "--reference", art, "--exported", deploy, "-n", 1,
+                      "-o", folder)
+    assert code == 2 and (folder / "report.md").read_text() == "mine"

@@ -11,6 +11,7 @@ Configs are written into artifacts with `to_dict` (carrying `version`) and read 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -77,8 +78,8 @@ class CalibConfig(Versioned):
             _check_count("epochs", self.epochs, minimum=0)
         _check_count("batch_size", self.batch_size)
         _check_count("seed", self.seed, minimum=0)
-        if not self.lr > 0 or not self.clip_lr_mult > 0:
-            raise ConfigError(f"lr and clip_lr_mult must be > 0, got {self.lr}, "
+        if not 0 < self.lr < math.inf or not 0 < self.clip_lr_mult < math.inf:
+            raise ConfigError(f"lr and clip_lr_mult must be finite and > 0, got {self.lr}, "
                               f"{self.clip_lr_mult}")
         if not 0 <= self.qdrop_prob <= 1:
             raise ConfigError(f"qdrop_prob must be in [0, 1], got {self.qdrop_prob}")

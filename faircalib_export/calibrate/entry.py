@@ -61,6 +61,14 @@ def calibrate_checkpoint(
         prior = Path(f"{out}.prior")
         if not (prior / "prior.json").is_file():
             run_probe(path, data, prior, seed=cfg.seed, device=cfg.device)
+        else:  # kept from an earlier run: it must be this model's
+            from ..artifacts import MANIFEST, read_json
+
+            probed = read_json(prior / MANIFEST).get("config", {}).get("model") \
+                if (prior / MANIFEST).is_file() else None
+            if probed != str(path):
+                raise ConfigError(f"{prior} was probed on {probed}, not on {path}: remove it "
+                                  f"to probe again, or pass --prior")
     if isinstance(prior, (str, Path)):
         prior = Prior.load(prior)
     source = data or default_task(path)

@@ -44,7 +44,13 @@ def save_block_state(state: dict[str, torch.Tensor], path: Path) -> None:
 
 
 def load_block_state(path: Path, device) -> dict[str, torch.Tensor]:
-    return load_file(str(path), device=str(device))
+    """A finished block's calibration state; NaN in it is refused, naming the file (an
+    infinite clip logit is legitimate: it means no clipping)."""
+    state = load_file(str(path), device=str(device))
+    for key, value in state.items():
+        if value.is_floating_point() and torch.isnan(value).any():
+            raise CalibrationError(f"{path}: {key} holds NaN values")
+    return state
 
 
 @torch.no_grad()
@@ -64,7 +70,7 @@ def _try_resume(qb: QuantBlock, path: Path, device) -> bool:
     try:
         qb.load_calib_state(load_block_state(path, device))
         return True
-    except (SafetensorError, OSError, KeyError, RuntimeError):
+    except (SafetensorError, OSError, KeyError, RuntimeError, CalibrationError):
         path.unlink(missing_ok=True)
         return False
 

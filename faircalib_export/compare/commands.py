@@ -31,8 +31,8 @@ def compare_cmd(
     w_bits: Annotated[int, typer.Option("--wbits", help="Weight bits.")] = 4,
     a_bits: Annotated[int, typer.Option("--abits", help="Activation bits.")] = 4,
     epochs: Annotated[int | None, typer.Option(
-        help="Calibration epochs per block (default: the model's recipe: 15 for real models, "
-             "fewer for the tiny ones).")] = None,
+        help="Calibration epochs per block (default: the model's recipe, "
+             "faircalib_export/calibrate/config.py).")] = None,
     data: Annotated[str | None, typer.Option(
         help="Calibration data (default: the model's own task, calibration split).")] = None,
     calib_samples: Annotated[int | None, typer.Option(

@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import ConfigError
 from . import report as R
 from .collect import OwnPass, TeacherPass, own_pass, teacher_pass
-from .students import Student, load_student, unique_names
+from .students import Student, base_weights_sha256, load_student, unique_names
 
 REPORT_FILE = "diagnose.json"
 KIND = "diagnostics"
@@ -67,10 +67,15 @@ def diagnose(teacher: str | Path, students: Sequence[str | Path], data: str | No
     policy = opened.policy(seed=config.seed, gen_length=config.window, steps=config.steps,
                            block_length=config.block_length)
     paths = [Path(s) for s in students]
+    teacher_weights = _weights_sha256(path)
     loaded: list[Student] = []
     for p, name in zip(paths, unique_names(paths), strict=True):
         say(f"loading {name}")
         st = load_student(p, device, name)
+        recorded = base_weights_sha256(p)
+        if recorded is not None and recorded != teacher_weights:
+            raise ConfigError(f"{p} was calibrated from other weights than the teacher "
+                              f"{path}'s: diagnose a student against its own FP model")
         if st.family != opened.family:
             raise ConfigError(f"{p}: a {st.family} model cannot be diagnosed against a "
                               f"{opened.family} teacher")
@@ -142,6 +147,15 @@ def diagnose(teacher: str | Path, students: Sequence[str | Path], data: str | No
 def own_from_teacher(tp: TeacherPass) -> OwnPass:
     """The teacher's own trajectory, as recorded by the teacher-forced pass."""
     return OwnPass(tp.obs, tp.commit_step, tp.tokens, None)
+
+
+def _weights_sha256(checkpoint: Path) -> str | None:
+    from ..artifacts import file_sha256
+
+    for name in ("model.safetensors.index.json", "model.safetensors"):
+        if (checkpoint / name).is_file():
+            return file_sha256(checkpoint / name)
+    return None
 
 
 def _prompts(source, path, config, max_tokens, tokenizer) -> list[list[int]]:

@@ -62,6 +62,20 @@ def calibration_origin(path: Path) -> tuple[str | None, int | None]:
     return None, None
 
 
+def base_weights_sha256(path: Path) -> str | None:
+    """The hash of the checkpoint weights a calibrated artifact (or the folded model made
+    from it) was calibrated from, as its manifest records it; None when not recorded."""
+    manifest = _read_json(path / MANIFEST)
+    if manifest.get("kind") == "folded":
+        source = manifest.get("inputs", {}).get("artifact_manifest", {}).get("path")
+        manifest = _read_json(Path(source)) if source else {}
+    if manifest.get("kind") != "calibrated":
+        return None
+    inputs = manifest.get("inputs", {})
+    entry = inputs.get("model_weights") or inputs.get("model_weights_index") or {}
+    return entry.get("sha256")
+
+
 def load_student(path: str | Path, device: str = "cpu", name: str | None = None) -> Student:
     from ..opener import open_model, torch_forward
 

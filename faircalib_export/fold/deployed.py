@@ -72,6 +72,16 @@ def _check_packing(meta: dict, tensors: dict[str, torch.Tensor], meta_file: Path
         bits = meta["w_bits"]
     except (KeyError, TypeError) as err:
         raise CheckpointError(f"{meta_file}: incomplete ({err})") from None
+    for key, value in tensors.items():  # one pass: a NaN scale would decode as garbage
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise CheckpointError(f"{meta_file.parent / WEIGHTS}: {key} holds NaN or Inf")
+    for name, table_bits in (("embed", meta.get("embed_bits")),
+                             ("lm_head", meta.get("head_bits"))):
+        stored = "weight" if f"{name}.weight" in tensors else \
+            "qweight" if f"{name}.qweight" in tensors else None
+        if stored is None or (table_bits == 16) != (stored == "weight"):
+            raise CheckpointError(f"{meta_file}: {name} bits {table_bits} disagree with the "
+                                  f"stored weights ({name}.{stored or 'missing'})")
     width = {lin: site.dim for site in transform_sites(cfg) for lin in site.linears}
     for i in range(cfg.num_layers):
         for lin in LINEAR_SITE:

@@ -15,7 +15,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from .. import checks
 from ..artifacts import atomic_dir, write_manifest
+from ..errors import ConfigError
 from .families import get_family
 from .loading import INDEX_FILE, SINGLE_FILE
 from .transformer import DiffusionLM
@@ -34,14 +36,21 @@ def checkpoint_state(
     return out
 
 
+def check_shards(shards: int, tensors: int) -> None:
+    """ConfigError unless 1 <= shards <= tensors (each shard holds at least one tensor)."""
+    checks.count("shards", shards)
+    if shards > tensors:
+        raise ConfigError(f"shards {shards} is more than the {tensors} tensors of this model; "
+                          f"choose 1..{tensors}")
+
+
 def write_weights(state: dict[str, torch.Tensor], out: Path, shards: int = 1) -> None:
     """Write tensors as one file, or as `shards` files plus the HF index."""
-    if shards <= 1:
+    check_shards(shards, len(state))
+    if shards == 1:
         save_file(state, str(out / SINGLE_FILE), metadata={"format": "pt"})
         return
     keys = list(state)
-    if shards > len(keys):
-        raise ValueError(f"cannot split {len(keys)} tensors into {shards} shards")
     weight_map, total = {}, 0
     for i in range(shards):
         part = keys[i * len(keys) // shards:(i + 1) * len(keys) // shards]
@@ -73,6 +82,7 @@ def save_checkpoint(
     """
     cfg = model.cfg
     family = get_family(cfg.family)
+    check_shards(shards, len(family.keys.mapping(cfg)))  # before claiming the output
     with atomic_dir(out, "checkpoint", overwrite=overwrite) as tmp:
         (tmp / "config.json").write_text(json.dumps(family.write_config(cfg), indent=2) + "\n")
         generation = {"bos_token_id": cfg.eos_token_id, "eos_token_id": cfg.eos_token_id,

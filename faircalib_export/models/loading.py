@@ -307,16 +307,27 @@ def load_tokenizer(path: str | Path, family: Family | None = None):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            # tokenizers and transformers raise bare Exception, ValueError, OSError, ...
+            # for unreadable files: each becomes a CheckpointError quoting the original.
             try:
                 return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
-            except (ValueError, OSError, KeyError, TypeError) as err:
+            except Exception as err:  # noqa: BLE001 - the fallback class may still read it
                 first = err
             try:
                 return getattr(transformers, family.tokenizer_fallback).from_pretrained(str(path))
-            except Exception as err2:  # noqa: BLE001 - report both failures
-                raise CheckpointError(
-                    f"{path}: cannot load the tokenizer ({first}); fallback "
-                    f"{family.tokenizer_fallback} failed too ({err2})"
-                ) from err2
+            except Exception as err2:  # noqa: BLE001 - reported with its message
+                reason = _one_line(err2)
+                # a remote-code tokenizer class (Dream) always fails the first way: only
+                # the fallback's failure says what is wrong with the files then
+                if "trust_remote_code" not in str(first) and _one_line(first) != reason:
+                    reason = (f"{_one_line(first)}; fallback {family.tokenizer_fallback} "
+                              f"failed too: {reason}")
+                raise CheckpointError(f"{path}: cannot load the tokenizer ({reason})") from err2
     finally:
         transformers.logging.set_verbosity(verbosity)
+
+
+def _one_line(err: BaseException) -> str:
+    """An exception's message on one line (library messages span several)."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 300 else text[:297] + "..."

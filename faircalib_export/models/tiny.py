@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from .. import checks
 from .checkpoint import save_checkpoint
 from .config import ModelConfig
 from .families import get_family
@@ -44,16 +45,22 @@ def tiny_config(
     max_position_embeddings: int = 2048,
     tie_word_embeddings: bool = False,
 ) -> ModelConfig:
+    """The ModelConfig of a tiny model; intermediate_size and num_kv_heads default (None)
+    to 3 x hidden_size and num_heads, and 0 is an error, never the default."""
+    for name, value in (("hidden_size", hidden_size), ("intermediate_size", intermediate_size),
+                        ("num_layers", num_layers), ("num_heads", num_heads),
+                        ("num_kv_heads", num_kv_heads)):
+        checks.count(name, value)
     fam = get_family(family)
     is_dream = fam.name == "dream"
     return ModelConfig(
         family=fam.name,
         vocab_size=vocab_size,
         hidden_size=hidden_size,
-        intermediate_size=intermediate_size or 3 * hidden_size,
+        intermediate_size=3 * hidden_size if intermediate_size is None else intermediate_size,
         num_layers=num_layers,
         num_heads=num_heads,
-        num_kv_heads=num_kv_heads or num_heads,
+        num_kv_heads=num_heads if num_kv_heads is None else num_kv_heads,
         rope_theta=1_000_000.0 if is_dream else 500_000.0,
         rms_norm_eps=1e-6 if is_dream else 1e-5,
         mask_token_id=mask_token_id,
@@ -91,9 +98,14 @@ def write_tiny_checkpoint(
     overwrite: bool = False,
     **shape,
 ) -> Path:
-    """Write a random-init checkpoint; `shape` takes `tiny_config`'s keyword arguments."""
+    """Write a random-init checkpoint; `shape` takes `tiny_config`'s keyword arguments.
+
+    `shards` must be 1..the number of tensors; every count is checked before anything is
+    written (ConfigError).
+    """
     from .loading import parse_dtype
 
+    checks.count("shards", shards)
     fam = get_family(family)
     specials = SPECIALS[fam.name]
     tok = byte_level_tokenizer(specials, list(words))

@@ -10,13 +10,14 @@ Defaults come from `ProbeConfig` (torch-free), so `--help` stays instant.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
-from .config import ProbeConfig, Schedule, Score
+from .config import PAPER_SAMPLES, TINY_SAMPLES, ProbeConfig, Schedule, Score
 
 console = Console()
 err_console = Console(stderr=True)
@@ -32,7 +33,8 @@ def probe_cmd(
              "zero-shot CoT, chat template) or a text file (one prompt per line). "
              "Default for shipped tiny models: their task.")] = None,
     samples: Annotated[int | None, typer.Option(
-        help="Prompts to roll out (default: 512; 128 for tiny models).")] = None,
+        help=f"Prompts to roll out (default: {PAPER_SAMPLES}; {TINY_SAMPLES} for tiny "
+             f"models).")] = None,
     steps: Annotated[int | None, typer.Option(
         help="Decoding steps T (default: 256; tiny models: their window).")] = None,
     window: Annotated[int | None, typer.Option(
@@ -87,17 +89,26 @@ def probe_compare_cmd(
     out_png: Annotated[Path, typer.Option(
         "-o", "--out", help="Plot to write; the numbers go beside it as .json.")
     ] = Path("prior-compare.png"),
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace an existing plot and its .json.")] = False,
 ) -> None:
     """Cross-corpus rank consistency: Spearman and Pearson between two priors."""
+    from ..artifacts import check_output_file, write_output_file
     from .artifact import load_band
     from .compare import compare_priors
     from .plots import plot_comparison
 
+    inputs = (prior_a, prior_b)
+    for path in (out_png, out_png.with_suffix(".json")):  # both, before any work
+        check_output_file(path, inputs=inputs, overwrite=overwrite)
     result = compare_priors(prior_a, prior_b)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    plot_comparison(result, out_png, (load_band(prior_a), load_band(prior_b)))
+    tmp_png = out_png.parent / f".{out_png.name}.tmp-{os.getpid()}{out_png.suffix}"
+    plot_comparison(result, tmp_png, (load_band(prior_a), load_band(prior_b)))
     summary = {"spearman": result["spearman"], "pearson": result["pearson"], "n": result["n"],
                "components": {k: {m: v[m] for m in ("spearman", "pearson", "n")}
                               for k, v in result["components"].items()}}
-    out_png.with_suffix(".json").write_text(json.dumps({**result, **summary}, indent=1) + "\n")
+    write_output_file(out_png.with_suffix(".json"), json.dumps({**result, **summary},
+                                                                indent=1) + "\n",
+                      inputs=inputs, overwrite=overwrite)
+    tmp_png.replace(out_png)
     console.print_json(json.dumps(summary))

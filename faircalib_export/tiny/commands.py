@@ -16,6 +16,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .config import EVAL_LIMIT
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -38,16 +40,24 @@ def train_cmd(
         help="Held-out examples scored for the model card.")] = None,
     stop_after: Annotated[int | None, typer.Option(
         help="Stop after this many total steps, keeping the state for --resume.")] = None,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace a non-empty OUT that is not this command's kind of "
+                            "artifact (moved aside to OUT.replaced-TIME, never deleted).")
+    ] = False,
 ) -> None:
     """Train a tiny LLaDA- or Dream-style model on the `chain` task (CPU, deterministic)."""
+    from .. import checks
     from .config import default_config
     from .train import train
 
+    for name, value in (("--steps", steps), ("--threads", threads), ("--batch-size", batch_size),
+                        ("--eval-examples", eval_examples), ("--stop-after", stop_after)):
+        checks.count(name, value)  # None: the shipped config's value; 0 is an error
     cfg = default_config(family, steps=steps, seed=seed, threads=threads,
                          batch_size=batch_size, eval_examples=eval_examples)
     out = out or Path(f"{family}-chain")
     record = train(family, out, cfg, resume=resume, state_dir=state_dir,
-                   stop_after=stop_after, console=err_console)
+                   stop_after=stop_after, overwrite=overwrite, console=err_console)
     if "heldout" in record:
         ev = record["heldout"]
         console.print(f"wrote {out}: {record['steps']} steps in "
@@ -61,7 +71,7 @@ def eval_cmd(
         help="Checkpoint directory, shipped model name (e.g. llada-chain), calibrated "
              "artifact or folded model.")],
     task: Annotated[str, typer.Option(help="Task name (chain, chain1).")] = "chain",
-    limit: Annotated[int, typer.Option(help="Number of problems to score.")] = 500,
+    limit: Annotated[int, typer.Option(help="Number of problems to score.")] = EVAL_LIMIT,
     split: Annotated[str, typer.Option(help="heldout, calib or train.")] = "heldout",
     gen_length: Annotated[int | None, typer.Option(
         help="Generation window (default: the model's generation_config.json).")] = None,
@@ -74,6 +84,7 @@ def eval_cmd(
     dtype: Annotated[str, typer.Option(help="fp32, bf16 or fp16.")] = "fp32",
     output: Annotated[Path | None, typer.Option("-o", "--output",
                                                 help="Write the results as JSON.")] = None,
+    overwrite: bool = False,
 ) -> None:
     """Exact-match accuracy on a task, decoded with the model's own commit policy."""
     from .evaluate import evaluate
@@ -83,8 +94,10 @@ def eval_cmd(
                       split=split, dtype=dtype, console=err_console)
     print_result(result)
     if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(result, indent=2) + "\n")
+        from ..artifacts import write_output_file
+
+        write_output_file(output, json.dumps(result, indent=2) + "\n", inputs=(model,),
+                          overwrite=overwrite)
         console.print(f"wrote {output}")
 
 

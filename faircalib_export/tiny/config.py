@@ -4,9 +4,17 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
+from .. import checks
 from ..errors import ConfigError
 from .tasks import get_task
 
+# The integer fields that must be >= 1.
+COUNTS = ("window", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+          "num_kv_heads", "steps", "batch_size", "threads", "checkpoint_every", "log_every",
+          "monitor_examples", "eval_examples")
+
+
+EVAL_LIMIT = 500  # held-out problems `eval` scores on a tiny task by default
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -40,8 +48,10 @@ class TrainConfig:
     eval_examples: int = 500  # held-out examples scored for the model card
 
     def __post_init__(self) -> None:
-        if self.steps <= 0 or self.batch_size <= 0:
-            raise ValueError("steps and batch_size must be positive")
+        for name in COUNTS:  # 0 is never "the default" (None is, in default_config)
+            checks.count(name, getattr(self, name))
+        for name in ("warmup_steps", "monitor_every", "seed"):
+            checks.count(name, getattr(self, name), minimum=0)
         if not 0 < self.mask_eps < 1:
             raise ValueError(f"mask_eps must be in (0, 1), got {self.mask_eps}")
         if self.window <= get_task(self.task).max_target_tokens():

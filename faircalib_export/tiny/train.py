@@ -17,7 +17,7 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -161,6 +161,12 @@ def save_state(path: Path, model, opt, state: TrainState, family: str, cfg: Trai
 
 
 def load_state(path: Path, model, opt, family: str, cfg: TrainConfig) -> TrainState:
+    """Restore model, optimizer and RNG from `save_state`'s file.
+
+    Everything is checked against the fresh model and optimizer before any of it is
+    loaded: a damaged or edited file is a CheckpointError naming it, never a traceback
+    (or a crash hours into the resumed run).
+    """
     from safetensors import SafetensorError, safe_open
 
     from ..errors import CheckpointError
@@ -172,10 +178,19 @@ def load_state(path: Path, model, opt, family: str, cfg: TrainConfig) -> TrainSt
     except (SafetensorError, KeyError, json.JSONDecodeError, OSError) as err:
         raise CheckpointError(f"{path}: not a training state written by `tiny train` "
                               f"({type(err).__name__}: {err})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: not a training state written by `tiny train` "
+                              f"(its metadata is a JSON {type(meta).__name__})")
     saved_cfg = json.loads(json.dumps(cfg.to_dict()))  # tuples -> lists, as stored
     if meta.get("family") != family or meta.get("config") != saved_cfg:
         raise CheckpointError(f"{path} was written by a different run ({meta.get('family')}, "
                               f"{meta.get('config')}); refusing to resume")
+    try:
+        state = _check_state(meta.get("state"), cfg)
+        _check_tensors(tensors, model, opt, state)
+    except ValueError as err:
+        raise CheckpointError(f"{path}: damaged training state, cannot resume ({err}); "
+                              f"delete it to start over") from None
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items()
                            if k.startswith("model.")})
     slots: dict[int, dict] = {}
@@ -183,9 +198,54 @@ def load_state(path: Path, model, opt, family: str, cfg: TrainConfig) -> TrainSt
         if key.startswith("optimizer."):
             _, index, name = key.split(".", 2)
             slots.setdefault(int(index), {})[name] = value
-    opt.load_state_dict({"state": slots, "param_groups": meta["param_groups"]})
+    # The fresh optimizer's param groups: they equal the saved ones but for lr, which
+    # train_steps sets before every step (so nothing from the file reaches the optimizer
+    # unchecked).
+    opt.load_state_dict({"state": slots, "param_groups": opt.state_dict()["param_groups"]})
     torch.set_rng_state(tensors["torch_rng"])
-    return TrainState(**meta["state"])
+    return state
+
+
+def _check_state(raw, cfg: TrainConfig) -> TrainState:
+    """The TrainState of the metadata, or ValueError saying what is wrong with it."""
+    names = {f.name for f in fields(TrainState)}
+    if not isinstance(raw, dict) or set(raw) != names:
+        got = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
+        raise ValueError(f"metadata 'state' must have exactly the keys {sorted(names)}, "
+                         f"found {got}")
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+    step, history = raw["step"], raw["history"]
+    if not (isinstance(step, int) and not isinstance(step, bool) and 0 <= step <= cfg.steps):
+        raise ValueError(f"state step {step!r} is not a step count in 0..{cfg.steps}")
+    if not number(raw["elapsed_s"]) or not (raw["loss_ema"] is None or number(raw["loss_ema"])):
+        raise ValueError("state elapsed_s / loss_ema are not numbers")
+    if not isinstance(history, list) or not all(
+            isinstance(h, dict) and number(h.get("step")) and number(h.get("loss"))
+            and number(h.get("calib_accuracy", 0)) for h in history):
+        raise ValueError("state history is not a list of {step, loss} records")
+    return TrainState(**raw)
+
+
+def _check_tensors(tensors: dict, model, opt, state: TrainState) -> None:
+    """ValueError unless `tensors` hold exactly what save_state writes for this model."""
+    expected = {f"model.{k}": v for k, v in model.state_dict().items()}
+    params = [p for group in opt.param_groups for p in group["params"]]
+    if state.step > 0:  # every parameter gets a gradient, so AdamW state, at step 1
+        for i, p in enumerate(params):
+            expected[f"optimizer.{i}.exp_avg"] = expected[f"optimizer.{i}.exp_avg_sq"] = p
+            expected[f"optimizer.{i}.step"] = torch.tensor(float(state.step))
+    expected["torch_rng"] = torch.get_rng_state()
+    missing, extra = sorted(expected.keys() - tensors.keys()), sorted(tensors.keys() - expected)
+    if missing or extra:
+        listed = lambda keys: ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")  # noqa: E731
+        raise ValueError("; ".join(
+            ([f"missing tensor(s) {listed(missing)}"] if missing else [])
+            + ([f"unexpected tensor(s) {listed(extra)}"] if extra else [])))
+    for key, want in expected.items():
+        got = tensors[key]
+        if got.shape != want.shape or got.dtype != want.dtype:
+            raise ValueError(f"tensor {key} is {got.dtype} {tuple(got.shape)}, expected "
+                             f"{want.dtype} {tuple(want.shape)}")
 
 
 def train_steps(model: DiffusionLM, enc: Encoder, opt, cfg: TrainConfig, state: TrainState,
@@ -219,6 +279,22 @@ def monitor_accuracy(model: DiffusionLM, enc: Encoder, cfg: TrainConfig) -> floa
     return result["accuracy"]
 
 
+def _check_writable(out: Path) -> None:
+    """OutputError unless files can be created where `out` will be written (probed by
+    creating one: permission bits say nothing for root or on a read-only mount)."""
+    import tempfile
+
+    from ..artifacts import OutputError
+
+    where = next(p for p in out.resolve().parents if p.exists())  # a dir: check_output
+    try:
+        with tempfile.TemporaryFile(dir=where):
+            pass
+    except OSError as err:
+        raise OutputError(f"--out {out}: cannot write in {where} "
+                          f"({err.strerror or err})") from None
+
+
 def default_state_dir(out_dir: str | Path) -> Path:
     from ..models.builtin import cache_dir
 
@@ -233,6 +309,7 @@ def train(
     resume: bool = False,
     state_dir: str | Path | None = None,
     stop_after: int | None = None,
+    overwrite: bool = False,
     console=None,
 ) -> dict:
     """Train a tiny model and write it to `out_dir` in the family's real layout.
@@ -240,7 +317,9 @@ def train(
     Resumable state goes to `state_dir` every `checkpoint_every` steps (default: under
     the cache directory). With `resume`, training continues from the state found there.
     `stop_after` ends the run early after that many total steps, leaving the state for a
-    later resume and writing no checkpoint. Returns the `training.json` record.
+    later resume and writing no checkpoint. `overwrite` lets the checkpoint replace a
+    foreign non-empty `out_dir` (moved aside, never deleted); without it such an output is
+    refused before any training. Returns the `training.json` record.
     """
     from rich.progress import (
         BarColumn,
@@ -251,11 +330,17 @@ def train(
         TimeRemainingColumn,
     )
 
+    from .. import checks
+    from ..artifacts import check_output
+
     # Imported up front so a long run never picks up a half-edited module at its end.
     from .evaluate import describe, evaluate_model, policy_for, resolve_console, tiny_decoding
 
-    console = resolve_console(console)
+    checks.count("stop_after", stop_after)
     cfg = config or default_config(family)
+    check_output(out_dir, "checkpoint", overwrite=overwrite)  # before training, not after
+    _check_writable(Path(out_dir))
+    console = resolve_console(console)
     torch.set_num_threads(cfg.threads)
     state_path = Path(state_dir or default_state_dir(out_dir)) / STATE_FILE
     model, enc = build_model(family, cfg)
@@ -264,7 +349,7 @@ def train(
     if resume and state_path.is_file():
         state = load_state(state_path, model, opt, family, cfg)
         console.log(f"resumed from {state_path} at step {state.step}")
-    until = min(cfg.steps, stop_after) if stop_after else cfg.steps
+    until = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
     console.log(f"training {family} on {cfg.task}: {model.num_parameters():,} parameters, "
                 f"steps {state.step}..{until} of {cfg.steps}, batch {cfg.batch_size}, "
                 f"{cfg.threads} thread(s)")
@@ -328,7 +413,7 @@ def train(
     }
     card = render_card(record, Path(out_dir).name)
     save_checkpoint(model, out_dir, lambda d: write_tokenizer(d, enc.tok, family),
-                    decoding=tiny_decoding(family, cfg.window),
+                    decoding=tiny_decoding(family, cfg.window), overwrite=overwrite,
                     extra_files={"README.md": card,
                                  "training.json": json.dumps(record, indent=2) + "\n"})
     console.log(f"wrote {out_dir}: held-out accuracy {result['accuracy']:.1%} "

@@ -274,6 +274,9 @@ def record_engine(export_dir: str | Path, config: dict | None = None, *, max_bat
     if manifest_file.is_file():  # write_export_dir's manifest records runtime.json as "config"
         manifest = json.loads(manifest_file.read_text())
         manifest["config"] = config
+        engine_files = [v for k, v in config["engine"].items() if k in ("file", "build_log",
+                                                                        "metadata") and v]
+        manifest["files"] = sorted(set(manifest.get("files", [])) | set(engine_files))
         _write_atomic(manifest_file, json.dumps(manifest, indent=2, default=str) + "\n")
     _write_atomic(export_dir / RUNTIME_JSON, json.dumps(config, indent=1) + "\n")
     return config

@@ -11,7 +11,7 @@ import pytest
 import torch
 from tiny_helpers import MICRO
 
-from faircalib_export.errors import CheckpointError
+from faircalib_export.errors import CheckpointError, ConfigError
 from faircalib_export.models.loading import load_model
 from faircalib_export.tiny.card import refresh_card
 from faircalib_export.tiny.data import Batch
@@ -165,3 +165,34 @@ def test_a_malicious_state_file_runs_nothing(tmp_path: Path):
     # the payload is live: unpickling it the old way does run it
     torch.load(state / "train_state.pt", weights_only=False)
     assert marker.exists()
+
+
+@pytest.mark.parametrize("field", ["steps", "batch_size", "threads", "eval_examples",
+                                   "log_every", "checkpoint_every"])
+def test_config_counts_refuse_zero(field):
+    with pytest.raises(ConfigError, match=f"{field} must be an integer >= 1, got 0"):
+        replace(MICRO, **{field: 0})
+
+
+def test_stop_after_zero_is_an_error_not_a_full_run(tmp_path: Path):
+    with pytest.raises(ConfigError, match="stop_after must be an integer >= 1, got 0"):
+        train("llada", tmp_path / "m", MICRO, state_dir=tmp_path / "s", stop_after=0,
+              console=False)
+    assert not (tmp_path / "s").exists() and not (tmp_path / "m").exists()
+
+
+def test_resume_refuses_a_state_whose_optimizer_slot_is_missing(tmp_path: Path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from faircalib_export.tiny.train import STATE_FILE
+
+    train("llada", tmp_path / "m", MICRO, state_dir=tmp_path / "s", stop_after=2, console=False)
+    file = tmp_path / "s" / STATE_FILE
+    with safe_open(str(file), "pt") as f:
+        metadata = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys() if k != "optimizer.0.exp_avg"}
+    save_file(tensors, str(file), metadata=metadata)
+    with pytest.raises(CheckpointError, match="damaged training state.*optimizer.0.exp_avg"):
+        train("llada", tmp_path / "m", MICRO, state_dir=tmp_path / "s", resume=True,
+              console=False)
