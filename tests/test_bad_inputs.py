@@ -150,18 +150,29 @@ def test_text_inputs_that_are_not_utf8_name_the_file(tmp_path, capsys):
     _assert_one_line_error(code, text, str(data), "not UTF-8")
 
 
-def test_deploy_json_bit_width_must_match_the_packed_weights(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def folded_chain(tmp_path_factory):
     from faircalib_export.calibrate.config import CalibConfig
     from faircalib_export.calibrate.entry import calibrate_checkpoint
     from faircalib_export.fold.fold import fold_artifact
 
-    art = calibrate_checkpoint("llada-chain", tmp_path / "cal", CalibConfig("rtn"), samples=2,
+    root = tmp_path_factory.mktemp("folded")
+    art = calibrate_checkpoint("llada-chain", root / "cal", CalibConfig("rtn"), samples=2,
                                seq_len=16)
-    deploy = fold_artifact(art, tmp_path / "deploy")
+    return fold_artifact(art, root / "deploy")
+
+
+@pytest.mark.parametrize("field,value,needle", [
+    ("w_bits", 8, "w_bits 8 disagrees with the stored weights"),
+    ("embed_bits", 4, "embed bits 4 disagree"),
+])
+def test_deploy_json_bits_must_match_the_stored_weights(folded_chain, tmp_path, capsys, field,
+                                                        value, needle):
+    deploy = shutil.copytree(folded_chain, tmp_path / "deploy")
     meta = json.loads((deploy / "deploy.json").read_text())
-    (deploy / "deploy.json").write_text(json.dumps({**meta, "w_bits": 8}))
+    (deploy / "deploy.json").write_text(json.dumps({**meta, field: value}))
     code, text = _run(capsys, "export", deploy, "-o", tmp_path / "onnx")
-    _assert_one_line_error(code, text, "w_bits 8 disagrees with the stored weights")
+    _assert_one_line_error(code, text, needle)
     assert not (tmp_path / "onnx").exists()
 
 
@@ -214,20 +225,6 @@ def test_nan_in_artifacts_is_refused(tmp_path, capsys):
     save_file(weights, str(deploy / "weights.safetensors"))
     code, text = _run(capsys, "export", deploy, "-o", tmp_path / "onnx")
     _assert_one_line_error(code, text, "NaN")
-
-
-def test_deploy_json_embedding_bits_must_match(tmp_path, capsys):
-    from faircalib_export.calibrate.config import CalibConfig
-    from faircalib_export.calibrate.entry import calibrate_checkpoint
-    from faircalib_export.fold.fold import fold_artifact
-
-    art = calibrate_checkpoint("llada-chain", tmp_path / "cal", CalibConfig("rtn"), samples=2,
-                               seq_len=16)
-    deploy = fold_artifact(art, tmp_path / "deploy")
-    meta = json.loads((deploy / "deploy.json").read_text())
-    (deploy / "deploy.json").write_text(json.dumps({**meta, "embed_bits": 4}))
-    code, text = _run(capsys, "export", deploy, "-o", tmp_path / "onnx")
-    _assert_one_line_error(code, text, "embed bits 4 disagree")
 
 
 def test_infinite_learning_rate_is_refused_before_work(tmp_path, capsys):
