@@ -165,8 +165,6 @@ class Output:
 
     path: Path
     kind: str
-    overwrite: bool
-    moved_aside: Path | None = None
 
     def commit(self, tmp: Path) -> Path:
         """Rename the finished `tmp` onto the output (see `check_output` for the rules)."""
@@ -184,7 +182,6 @@ class Output:
             aside = path.parent / f"{path.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
             path.rename(aside)
             tmp.rename(path)
-            self.moved_aside = aside
             print(f"note: the previous {path} held files that are not part of a {self.kind} "
                   f"artifact; it was moved to {aside}", file=sys.stderr)
         return path
@@ -223,7 +220,7 @@ def claim_output(path: str | Path, kind: str, *, inputs: tuple = (), overwrite: 
     with os.fdopen(fd, "w") as f:
         f.write(f"{os.getpid()}\n")
     try:
-        yield Output(path, kind, overwrite)
+        yield Output(path, kind)
     finally:
         lock.unlink(missing_ok=True)
 
