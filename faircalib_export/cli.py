@@ -22,6 +22,7 @@ from .calibrate.config import CalibConfig
 from .compare.commands import compare_cmd
 from .diagnose.commands import diagnose_cmd
 from .errors import FaircalibError
+from .options import OverwriteOpt
 from .plan import plan_cmd
 from .probe.commands import probe_cmd, probe_compare_cmd
 from .tiny.commands import train_cmd
@@ -55,11 +56,6 @@ AnyModelArg = Annotated[
     typer.Argument(help="A model of any kind: checkpoint, calibrated artifact, folded model, "
                         "exported ONNX or TensorRT directory, or a built-in model name."),
 ]
-
-
-OverwriteOpt = Annotated[bool, typer.Option(
-    "--overwrite", help="Replace a non-empty OUT that is not this command's kind of artifact "
-                        "(it is moved aside to OUT.replaced-TIME, never deleted).")]
 
 
 def _mib(n: int) -> str:

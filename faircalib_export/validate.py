@@ -133,15 +133,14 @@ def validate(reference, exported, prompts: list[str], *, chat: bool = True, seed
                          ("variant", "w_bits", "a_bits", "embed_bits", "head_bits")}}}
 
 
-def compare_models(reference, other, prompts: list[str], *, chat: bool = True, seed: int = 0,
-                   **policy) -> tuple[dict, object]:
-    """Teacher-forced and free-running agreement of `other` with `reference`.
+def compare_models(reference, exported, prompts: list[str], *, chat: bool = True,
+                   seed: int = 0, **policy) -> tuple[dict, object]:
+    """Teacher-forced and free-running agreement of `exported` (any model) with `reference`.
 
     Returns the metrics and the policy both decoded with (the reference's default).
     """
     from faircalib_runtime import generate, left_pad
 
-    exported = other
     config = reference.policy(seed=seed, **policy)
     ref_decoder = reference.text_decoder(chat)
     exp_decoder = exported.text_decoder(chat)

@@ -13,6 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ..options import OverwriteOpt
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -43,10 +45,7 @@ def compare_cmd(
     limit: Annotated[int, typer.Option(help="Held-out problems per model.")] = 500,
     samples: Annotated[int, typer.Option(help="Diagnosed sequences (paper: 32).")] = 32,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
-    overwrite: Annotated[bool, typer.Option(
-        "--overwrite", help="Replace a non-empty OUT that is not this command's kind of "
-                            "artifact (moved aside to OUT.replaced-TIME, never deleted).")
-    ] = False,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Calibrate, evaluate and diagnose several methods side by side; Markdown report."""
     from .report import write_report

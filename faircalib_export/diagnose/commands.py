@@ -14,6 +14,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ..options import OverwriteOpt
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -42,10 +44,7 @@ def diagnose_cmd(
     block_length: Annotated[int | None, typer.Option(help="LLaDA semi-AR block.")] = None,
     batch_size: Annotated[int, typer.Option(help="Sequences per batch.")] = 16,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
-    overwrite: Annotated[bool, typer.Option(
-        "--overwrite", help="Replace a non-empty OUT that is not this command's kind of "
-                            "artifact (moved aside to OUT.replaced-TIME, never deleted).")
-    ] = False,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Flips, margins, post-commit mismatch, stability lag and divergence vs the FP teacher."""
     from ..artifacts import check_output

@@ -17,6 +17,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from ..options import OverwriteOpt
 from .config import PAPER_SAMPLES, TINY_SAMPLES, ProbeConfig, Schedule, Score
 
 console = Console()
@@ -57,10 +58,7 @@ def probe_cmd(
         help="Teacher sampling temperature for written tokens (0 = argmax).")
     ] = _D.temperature,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
-    overwrite: Annotated[bool, typer.Option(
-        "--overwrite", help="Replace a non-empty OUT that is not this command's kind of "
-                            "artifact (moved aside to OUT.replaced-TIME, never deleted).")
-    ] = False,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Stage I: probe the FP teacher with random commits and write the position prior."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn

@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ..options import OverwriteOpt
 from .config import EVAL_LIMIT
 
 console = Console()
@@ -40,10 +41,7 @@ def train_cmd(
         help="Held-out examples scored for the model card.")] = None,
     stop_after: Annotated[int | None, typer.Option(
         help="Stop after this many total steps, keeping the state for --resume.")] = None,
-    overwrite: Annotated[bool, typer.Option(
-        "--overwrite", help="Replace a non-empty OUT that is not this command's kind of "
-                            "artifact (moved aside to OUT.replaced-TIME, never deleted).")
-    ] = False,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Train a tiny LLaDA- or Dream-style model on the `chain` task (CPU, deterministic)."""
     from .. import checks
