@@ -63,6 +63,56 @@ class Backend(Protocol):
     ) -> StepOutput: ...
 
 
+# --- the cached contract (block-wise approximate KV cache, see fast.py) -----------------
+#
+# A cached call computes only the QUERY positions (B, Q) of the state and attends to
+#   keys = [past positions (K of them, taken from `past`), the queries themselves].
+# Attention is bidirectional, so the order of the keys does not matter.
+#
+#   forward_cached(input_ids    (B, Q) int64   tokens at the query positions
+#                  key_mask     (B, K + Q) bool | None   True = a real token (pads False),
+#                                                        ordered [past..., queries...]
+#                  position_ids (B, Q) int64   the queries' positions (RoPE)
+#                  past         (L, 2, B, G, K, D) float32 | None   keys (RoPE applied) and
+#                                              values of the past positions, per layer
+#                  want) -> CachedStep
+#
+# `output` is (B, Q[, V]) and position-aligned over the queries exactly as `forward` is
+# over a whole state: for a shifted family (Dream) output j is the prediction made from
+# query j - 1's hidden state, and output 0 comes from query 0 itself, so a cached Dream
+# step starts its queries one position before the first position it needs. `present`
+# holds the queries' own keys and values, ready to be cached.
+# With K = 0 and the queries covering the whole state, a cached call computes exactly
+# what `forward` computes (the same numbers), plus `present`.
+
+PAST_LAYOUT = ("layers", "2", "batch", "kv_heads", "keys", "head_dim")
+
+
+@dataclass(frozen=True)
+class CachedStep:
+    output: StepOutput  # over the queries (B, Q)
+    present: Array  # (L, 2, B, G, Q, D) float32: keys (RoPE applied) and values
+
+
+class CachedBackend(Backend, Protocol):
+    supports_cache: bool  # False for a backend over a graph without the cache inputs
+
+    def forward_cached(
+        self,
+        input_ids: Array,
+        key_mask: Array | None,
+        position_ids: Array,
+        past: Array | None,
+        want: Want,
+    ) -> CachedStep: ...
+
+
+def supports_cache(backend: Backend) -> bool:
+    """Whether `backend` can run cached steps (has `forward_cached` and says it works)."""
+    return callable(getattr(backend, "forward_cached", None)) and bool(
+        getattr(backend, "supports_cache", True))
+
+
 SUMMARY_CHUNK_ROWS = 32  # rows per chunk: bounds the (rows, V) float64 temporaries
 
 
