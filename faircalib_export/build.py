@@ -233,7 +233,7 @@ def _quality(model_path: Path, out: Path, settings: BuildSettings) -> dict:
         name, n = task.removeprefix("task:"), settings.quality_problems
         accuracy = {}
         for label, target in (("fp", model_path), ("w4a4", out / "onnx")):
-            result = evaluate(target, name, n, console=False)
+            result = evaluate(target, name, n, console=False, **settings.policy)
             accuracy[label] = {"accuracy": result["accuracy"], "correct": result["correct"],
                                "n": result["n"]}
         quality["heldout"] = {"task": name, **accuracy}

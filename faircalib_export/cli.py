@@ -22,7 +22,7 @@ from .calibrate.config import CalibConfig
 from .compare.commands import compare_cmd
 from .diagnose.commands import diagnose_cmd
 from .errors import FaircalibError
-from .options import OverwriteOpt
+from .options import CacheOpt, DecodeOpt, OverwriteOpt, ThresholdOpt, decode_overrides
 from .plan import plan_cmd
 from .probe.commands import probe_cmd, probe_compare_cmd
 from .tiny.commands import train_cmd
@@ -208,6 +208,9 @@ def generate(
     show_steps: Annotated[bool, typer.Option(
         help="Print the window after every step (unmasking order).")] = False,
     device: Annotated[str, typer.Option(help="cpu or cuda (PyTorch models).")] = "cpu",
+    decode: DecodeOpt = None,
+    threshold: ThresholdOpt = None,
+    cache: CacheOpt = None,
 ) -> None:
     """Decode prompts with the model's own commit policy and print the text.
 
@@ -218,6 +221,7 @@ def generate(
 
     extra = {k: v for k, v in (("top_p", top_p), ("top_k", top_k), ("alg_temp", alg_temp),
                                ("cfg_scale", cfg_scale)) if v is not None}
+    extra.update(decode_overrides(decode, threshold, cache))
     from .opener import open_model
 
     opened = open_model(model, device)
@@ -247,6 +251,10 @@ def generate(
     for text, ids in zip(prompt, result.generated, strict=True):
         console.print(f"[bold]{text}[/]", highlight=False)
         console.print(decoder.decode(ids), highlight=False, markup=False)
+    if hasattr(result, "steps_per_block"):
+        err_console.print(f"decode {config.decode.value}: {result.steps_run} steps "
+                          f"(per block {result.steps_per_block}), {result.forward_calls} "
+                          f"model calls, {result.positions_computed} positions computed")
 
 
 @app.command()
@@ -318,9 +326,15 @@ def validate(
     steps: Annotated[int | None, typer.Option(help="Denoising steps.")] = None,
     gen_length: Annotated[int | None, typer.Option(help="Generated tokens.")] = None,
     chat: Annotated[bool, typer.Option(help="Apply the chat template.")] = True,
+    decode: DecodeOpt = None,
+    threshold: ThresholdOpt = None,
+    cache: CacheOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Compare an exported model with its PyTorch reference; non-zero exit on failure.
+
+    With --decode other than exact, both models decode in that mode (the checks compare
+    them there), and the report adds the mode's agreement with the exact loop.
 
     Teacher-forced top-1 agreement, KL and logit errors on the masked positions of the
     reference's own decoding trajectories, commit flips, and decoded-token agreement.
@@ -343,7 +357,8 @@ def validate(
     texts = read_prompts(prompts, default_prompts(ref, limit))[:limit]
     report = run_validation(
         ref, exp, texts, chat=chat, steps=steps, gen_length=gen_length,
-        thresholds=Thresholds(top1_min, decode_match_min, rel_error_max, kl_max))
+        thresholds=Thresholds(top1_min, decode_match_min, rel_error_max, kl_max),
+        **decode_overrides(decode, threshold, cache))
     text = markdown(report, reference, str(exported))
     if out is not None:
         from .artifacts import atomic_dir, write_manifest
@@ -387,9 +402,14 @@ def build(
              "comparison).")] = QUALITY_PROBLEMS,
     gen_length: Annotated[int | None, typer.Option(help="Validation decode length.")] = None,
     steps: Annotated[int | None, typer.Option(help="Validation decode steps.")] = None,
+    decode: DecodeOpt = None,
+    threshold: ThresholdOpt = None,
+    cache: CacheOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Checkpoint -> probe -> calibrate -> fold -> ONNX (+ TensorRT) -> validate -> quality.
+
+    --decode sets the mode validation and the quality comparison decode in.
 
     Completed stages are skipped on a re-run. The summary lists the artifacts and their
     sizes, the validation of the export, and what quantization cost against the FP model
@@ -403,7 +423,8 @@ def build(
                              variant=variant, tensorrt=tensorrt,
                              validate_prompts=validate_prompts,
                              quality_problems=quality_problems,
-                             policy={"gen_length": gen_length, "steps": steps})
+                             policy={"gen_length": gen_length, "steps": steps,
+                                     **decode_overrides(decode, threshold, cache)})
     result = run_build(model, target, out, settings, overwrite=overwrite,
                        log=lambda m: err_console.print(m, markup=False))
     table = Table(title=f"build {out} for {target}")
@@ -500,6 +521,9 @@ def eval_command(
         help="HumanEval: run the tests on completions (a subprocess with a time limit, "
              "not a sandbox).")] = False,
     seed: int = 0,
+    decode: DecodeOpt = None,
+    threshold: ThresholdOpt = None,
+    cache: CacheOpt = None,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Write JSON here.")
                       ] = None,
     overwrite: Annotated[bool, typer.Option(
@@ -517,7 +541,8 @@ def eval_command(
 
         eval_cmd(model, task=task, limit=EVAL_LIMIT if limit is None else limit,
                  gen_length=gen_length, steps=steps,
-                 seed=seed, output=output, overwrite=overwrite)
+                 seed=seed, output=output, overwrite=overwrite, decode=decode,
+                 threshold=threshold, cache=cache)
         return
     from rich.progress import Progress
 
@@ -531,7 +556,8 @@ def eval_command(
         result = evaluate_benchmark(opened, task, path=data, limit=limit, seed=seed,
                                     samples=samples, execute=execute,
                                     progress=lambda *a: bar.advance(job),
-                                    gen_length=gen_length, steps=steps)
+                                    gen_length=gen_length, steps=steps,
+                                    **decode_overrides(decode, threshold, cache))
     text = json.dumps(result, indent=1)
     console.print_json(text)
     if output is not None:

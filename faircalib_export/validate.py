@@ -12,6 +12,10 @@ logit max-abs and relative error, KL(reference || exported) and top-1 agreement;
 positions the reference commits we count flips (the exported model would write another
 token). Finally both decode the prompts independently and we compare the token
 sequences. Thresholds (defaults below) decide pass / fail.
+
+In a fast decode mode (`decode` parallel / cached / fast) both models decode in that
+mode, so the checks compare fast-mode exported with fast-mode PyTorch; the report adds
+each model's fast mode against its own exact loop (`fast_vs_exact`).
 """
 
 from __future__ import annotations
@@ -45,18 +49,77 @@ class Thresholds:
     kl_max: float = 1e-3  # mean KL(reference || exported) per masked position
 
 
-def default_prompts(opened, limit: int) -> list[str]:
-    """Held-out prompts of the task a tiny model was trained on, else built-in ones."""
+def _task_of(opened):
+    """The tiny task a model was trained on, or None."""
     from .models.builtin import default_task
 
     base = getattr(opened, "base_path", None)
     task = default_task(base) if base is not None else None
     if task is None:
-        return list(DEFAULT_PROMPTS)[:limit]
-    from .tiny.tasks import Split, get_task
+        return None
+    from .tiny.tasks import get_task
 
-    stream = get_task(task.split(":", 1)[1]).stream(Split.HELDOUT, 0)
+    return get_task(task.split(":", 1)[1])
+
+
+def default_prompts(opened, limit: int) -> list[str]:
+    """Held-out prompts of the task a tiny model was trained on, else built-in ones."""
+    task = _task_of(opened)
+    if task is None:
+        return list(DEFAULT_PROMPTS)[:limit]
+    from .tiny.tasks import Split
+
+    stream = task.stream(Split.HELDOUT, 0)
     return [next(stream).prompt for _ in range(limit)]
+
+
+def _answers(opened, prompts: list[str]):
+    """A checker of generated texts when every prompt is a held-out problem of the
+    model's tiny task (the default prompts), else None."""
+    task = _task_of(opened)
+    if task is None:
+        return None
+    from .tiny.tasks import Split
+
+    stream = task.stream(Split.HELDOUT, 0)
+    examples = [next(stream) for _ in prompts]
+    if [ex.prompt for ex in examples] != prompts:
+        return None
+    return lambda texts: float(np.mean([task.check(ex, t) for ex, t in
+                                        zip(examples, texts, strict=True)]))
+
+
+def fast_vs_exact(model, prompts: list[str], config, *, chat: bool = True,
+                  check=None) -> dict:
+    """What a fast decode mode costs on one model: its tokens against the exact loop's
+    (same policy otherwise), steps, and accuracy when `check` (from `_answers`) scores the
+    generated texts."""
+    from faircalib_runtime import PolicyConfig, generate
+
+    exact = PolicyConfig.from_dict({**config.to_dict(), "decode": "exact"})
+    decoder = model.text_decoder(chat)
+    ids = [decoder.encode(p) for p in prompts]
+    backend = model.backend()
+    fast_out, exact_out = generate(backend, ids, config), generate(backend, ids, exact)
+    pairs = list(zip(fast_out.generated, exact_out.generated, strict=True))
+    report = {
+        "decode": config.decode.value, "threshold": config.threshold,
+        "cache": config.cache.value,
+        "identical_rate": float(np.mean([a == b for a, b in pairs])),
+        "token_agreement": _token_agreement(pairs),
+        "steps": {"fast": fast_out.steps_run, "exact": exact_out.steps_run},
+    }
+    if check is not None:
+        acc = {k: check([decoder.decode(g) for g in out.generated])
+               for k, out in (("fast", fast_out), ("exact", exact_out))}
+        report["accuracy"] = {**acc, "delta": acc["fast"] - acc["exact"]}
+    return report
+
+
+def _token_agreement(pairs) -> float:
+    return float(np.mean([np.mean(np.asarray(a[:len(b)]) == np.asarray(b[:len(a)]))
+                          if len(a) and len(b) else float(len(a) == len(b))
+                          for a, b in pairs]))
 
 
 def read_prompts(path: Path | None, default: list[str]) -> list[str]:
@@ -127,10 +190,17 @@ def validate(reference, exported, prompts: list[str], *, chat: bool = True, seed
         "kl_mean": metrics["kl_mean"] <= thresholds.kl_max,
     }
     recorded = getattr(exported, "config", {}) if exported.kind in ("onnx", "tensorrt") else {}
-    return {"metrics": metrics, "thresholds": asdict(thresholds), "checks": checks,
-            "passed": all(checks.values()), "policy": config.to_dict(),
-            "exported": {"kind": exported.kind, **{k: recorded.get(k) for k in
-                         ("variant", "w_bits", "a_bits", "embed_bits", "head_bits")}}}
+    report = {"metrics": metrics, "thresholds": asdict(thresholds), "checks": checks,
+              "passed": all(checks.values()), "policy": config.to_dict(),
+              "exported": {"kind": exported.kind, **{k: recorded.get(k) for k in
+                           ("variant", "w_bits", "a_bits", "embed_bits", "head_bits")}}}
+    if getattr(config, "decode", None) is not None and config.decode.value != "exact":
+        check = _answers(reference, prompts)
+        report["fast_vs_exact"] = {side: fast_vs_exact(model, prompts, config, chat=chat,
+                                                       check=check)
+                                   for side, model in (("reference", reference),
+                                                       ("exported", exported))}
+    return report
 
 
 def compare_models(reference, exported, prompts: list[str], *, chat: bool = True,
@@ -187,9 +257,8 @@ def compare_models(reference, exported, prompts: list[str], *, chat: bool = True
     exp_result = generate(exp_backend, ids, config)
     same = [bool(np.array_equal(a, b)) for a, b in zip(result.generated, exp_result.generated,
                                                        strict=True)]
-    token_agree = np.mean([np.mean(np.asarray(a[:len(b)]) == np.asarray(b[:len(a)]))
-                           if len(a) and len(b) else float(len(a) == len(b))
-                           for a, b in zip(result.generated, exp_result.generated, strict=True)])
+    token_agree = _token_agreement(list(zip(result.generated, exp_result.generated,
+                                            strict=True)))
     n = max(stats["positions"], 1)
     metrics = {
         "prompts": len(prompts), "steps": len(commits), "masked_positions": stats["positions"],
@@ -226,4 +295,18 @@ def markdown(report: dict, reference: str, exported: str) -> str:
              f"positions)", "", "| metric | value | threshold | pass |", "|---|---|---|---|"]
     for name, value, threshold, ok in rows:
         lines.append(f"| {name} | {value} | {threshold} | {'' if ok is None else ok} |")
+    fast = report.get("fast_vs_exact")
+    if fast:
+        first = fast["reference"]
+        lines += ["", f"## decode {first['decode']} (threshold {first['threshold']}, cache "
+                      f"{first['cache']}) against the exact loop of the same model", "",
+                  "| model | identical | token agreement | steps fast / exact | accuracy "
+                  "fast / exact (delta) |", "|---|---|---|---|---|"]
+        for side in ("reference", "exported"):
+            f = fast[side]
+            acc = f.get("accuracy")
+            shown = (f"{acc['fast']:.3f} / {acc['exact']:.3f} ({acc['delta']:+.3f})" if acc
+                     else "n/a (not the model's task prompts)")
+            lines.append(f"| {side} | {f['identical_rate']:.3f} | {f['token_agreement']:.4f} "
+                         f"| {f['steps']['fast']} / {f['steps']['exact']} | {shown} |")
     return "\n".join(lines) + "\n"

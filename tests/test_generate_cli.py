@@ -35,3 +35,21 @@ def test_generate_dream_policy_options(dream_dir, capsys):
 def test_generate_rejects_foreign_policy(dream_dir, capsys):
     code, _, err = _run(capsys, str(dream_dir), "-p", "a", "--policy", "low_confidence")
     assert code == 2 and "low_confidence" in err
+
+
+@pytest.mark.parametrize("mode", ["parallel", "cached", "fast"])
+def test_generate_fast_modes_report_their_steps(llada_dir, capsys, mode):
+    code, out, err = _run(capsys, str(llada_dir), "-p", "2+2=", "--gen-length", "8", "--steps",
+                          "8", "--block-length", "4", "--decode", mode, "--threshold", "0.01")
+    assert code == 0, err
+    assert f"decode {mode}:" in err and "per block" in err
+    if mode != "cached":  # tau 0.01 commits a whole block per step
+        assert "per block [1, 1]" in err
+
+
+def test_generate_refuses_fast_mode_settings_it_cannot_run(dream_dir, capsys):
+    code, _, err = _run(capsys, str(dream_dir), "-p", "a", "--policy", "origin", "--decode",
+                        "fast")
+    assert code == 2 and "origin" in err
+    code, _, err = _run(capsys, str(dream_dir), "-p", "a", "--decode", "fast", "--cache", "all")
+    assert code == 2 and "cache" in err

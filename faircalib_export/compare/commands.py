@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..options import OverwriteOpt
+from ..options import DecodeOpt, OverwriteOpt, ThresholdOpt
 
 console = Console()
 err_console = Console(stderr=True)
@@ -45,9 +45,14 @@ def compare_cmd(
     limit: Annotated[int, typer.Option(help="Held-out problems per model.")] = 500,
     samples: Annotated[int, typer.Option(help="Diagnosed sequences (paper: 32).")] = 32,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    decode: DecodeOpt = None,
+    threshold: ThresholdOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Calibrate, evaluate and diagnose several methods side by side; Markdown report."""
+    """Calibrate, evaluate and diagnose several methods side by side; Markdown report.
+
+    --decode parallel scores and diagnoses every model under threshold commits (the cached
+    modes are refused: the diagnostics need full predictions)."""
     from .report import write_report
     from .run import ABLATIONS, CompareConfig, parse_entries, run_compare
 
@@ -55,7 +60,8 @@ def compare_cmd(
     config = CompareConfig(entries=tuple(parse_entries(spec)), seeds=tuple(range(seeds)),
                            w_bits=w_bits, a_bits=a_bits, epochs=epochs, data=data,
                            calib_samples=calib_samples, task=task,
-                           limit=limit, diag_samples=samples, device=device)
+                           limit=limit, diag_samples=samples, device=device,
+                           decode=decode, threshold=threshold)
     with err_console.status("comparing") as status:
         def step(msg: str) -> None:
             err_console.log(msg)

@@ -107,10 +107,21 @@ class CompareConfig:
     limit: int = 500  # held-out problems scored per model
     diag_samples: int = 32  # sequences for the diagnostics (paper: 32)
     device: str = "cpu"
+    decode: str | None = None  # exact or parallel (None: the model's); see diagnose
+    threshold: float | None = None
 
     def __post_init__(self) -> None:
         if not self.seeds:
             raise ConfigError("give at least one seed")
+        if self.decode not in (None, "exact", "parallel"):
+            raise ConfigError(f"compare decodes with --decode exact or parallel, not "
+                              f"{self.decode!r}: its diagnostics need every model's full "
+                              f"predictions at each step, which a KV cache does not compute")
+
+    @property
+    def decoding(self) -> dict:
+        return {k: v for k, v in (("decode", self.decode), ("threshold", self.threshold))
+                if v is not None}
         if self.limit <= 0 or self.diag_samples <= 0:
             raise ConfigError("limit and diag_samples must be positive")
 
@@ -276,7 +287,7 @@ def _evaluate(model: Path, task: str, config: CompareConfig, say, cache: Path | 
               ) -> dict:
     """Held-out accuracy, cached in `cache` (default MODEL/eval.json)."""
     cache = cache or model / "eval.json"
-    key = {"task": task, "limit": config.limit}
+    key = {"task": task, "limit": config.limit, **config.decoding}
     cached = _load_json(cache)
     if cached is not None and cached.get("key") == key:
         return cached["result"]
@@ -287,13 +298,14 @@ def _evaluate(model: Path, task: str, config: CompareConfig, say, cache: Path | 
         from ..evaluate import evaluate_benchmark
         from ..opener import open_model
 
-        raw = evaluate_benchmark(open_model(model, config.device), task, limit=config.limit)
+        raw = evaluate_benchmark(open_model(model, config.device), task, limit=config.limit,
+                                 **config.decoding)
         score = next(raw[k] for k in ("exact_match", "acc", "masked_ppl") if k in raw)
         result = {"accuracy": score, "n": raw.get("n", config.limit), "raw": raw}
     else:
         from ..tiny.evaluate import evaluate
 
-        raw = evaluate(model, task, config.limit, console=False)
+        raw = evaluate(model, task, config.limit, console=False, **config.decoding)
         result = {"accuracy": raw["accuracy"], "n": raw["n"], "correct": raw["correct"]}
     _write_json(cache, {"key": key, "result": result})
     return result
@@ -305,7 +317,7 @@ def _diagnose(path: Path, runs: list[dict], config: CompareConfig, out: Path, sa
     from ..diagnose.run import DiagnoseConfig, diagnose, finite_json, write_diagnose_dir
 
     directory = out / "diagnose"
-    dconfig = DiagnoseConfig(samples=config.diag_samples)
+    dconfig = DiagnoseConfig(samples=config.diag_samples, **config.decoding)
     students = [r["path"] for r in runs]
     groups = [r["entry"] for r in runs]
     # the students' manifests identify them: a recalibrated run invalidates the diagnosis

@@ -37,13 +37,15 @@ class TorchOps:
         return torch.as_tensor(np.ascontiguousarray(a), device=self.device)
 
     def to_numpy(self, a: torch.Tensor) -> np.ndarray:
+        if a.dtype == torch.bfloat16:  # numpy has no bfloat16; float32 holds it exactly
+            a = a.float()
         return a.detach().cpu().numpy()
 
     def arange(self, n):
         return torch.arange(n, dtype=torch.int64, device=self.device)
 
     def full(self, shape, value, dtype):
-        return torch.full(shape, value, dtype=_DTYPES[dtype], device=self.device)
+        return torch.full(shape, value, dtype=_DTYPES.get(dtype, dtype), device=self.device)
 
     def f64(self, a):
         return a.to(torch.float64)
@@ -53,6 +55,9 @@ class TorchOps:
 
     def exp(self, a):
         return torch.exp(a)
+
+    def softmax(self, a):
+        return torch.softmax(a, dim=-1)
 
     def log(self, a):
         return torch.log(a)

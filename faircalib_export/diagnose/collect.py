@@ -133,7 +133,8 @@ def teacher_pass(teacher: Forward, students: Sequence[Forward], prompts, policy,
             steps.margin.append(_np(torch.where(committed, margin(z_s, target), nan)))
             steps.kl.append(_np(torch.where(masked, kl_div(z_t, z_s), nan)))
 
-    result = generate_torch(cap, prompts, policy, device=device, on_step=on_step)
+    result = generate_torch(cap, prompts, policy, device=device, on_step=on_step,
+                            stop_finished=False)
     final = torch.as_tensor(result.tokens, device=device)
     rec["obs"].append(_np(cap.rerun(teacher, final)[:, -k:].argmax(-1)))
     rec["states"].append(result.tokens)
@@ -159,7 +160,8 @@ def own_pass(model: Forward, prompts, policy, device, *, teacher: Forward | None
             diff = torch.softmax(z.float(), -1) - torch.softmax(z_ref.float(), -1)
             mse.append(_np((diff * diff).sum(-1).mean(-1)))
 
-    result = generate_torch(cap, prompts, policy, device=device, on_step=on_step)
+    result = generate_torch(cap, prompts, policy, device=device, on_step=on_step,
+                            stop_finished=False)
     final = torch.as_tensor(result.tokens, device=device)
     obs.append(_np(cap.rerun(model, final)[:, -k:].argmax(-1)))
     return OwnPass(np.stack(obs), result.commit_step, result.window,

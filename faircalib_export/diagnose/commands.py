@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..options import OverwriteOpt
+from ..options import DecodeOpt, OverwriteOpt, ThresholdOpt
 
 console = Console()
 err_console = Console(stderr=True)
@@ -44,15 +44,21 @@ def diagnose_cmd(
     block_length: Annotated[int | None, typer.Option(help="LLaDA semi-AR block.")] = None,
     batch_size: Annotated[int, typer.Option(help="Sequences per batch.")] = 16,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    decode: DecodeOpt = None,
+    threshold: ThresholdOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Flips, margins, post-commit mismatch, stability lag and divergence vs the FP teacher."""
+    """Flips, margins, post-commit mismatch, stability lag and divergence vs the FP teacher.
+
+    --decode parallel measures them under threshold commits (several tokens per step at
+    the frontier); the cached modes are refused (diagnostics need full predictions)."""
     from ..artifacts import check_output
     from .run import KIND, DiagnoseConfig, diagnose, write_diagnose_dir
 
     check_output(out, KIND, tuple(students), overwrite)  # before the long run
     config = DiagnoseConfig(samples=samples, seed=seed, batch_size=batch_size, window=window,
-                            steps=steps, block_length=block_length)
+                            steps=steps, block_length=block_length, decode=decode,
+                            threshold=threshold)
     with err_console.status("diagnosing") as status:
         report = diagnose(teacher, students, data, config=config, prior=prior,
                           groups=seed_group, device=device,

@@ -38,10 +38,18 @@ class DiagnoseConfig:
     steps: int | None = None
     block_length: int | None = None  # LLaDA only
     split: str = "heldout"  # task sources: problems never used for calibration
+    # "exact" or "parallel" (threshold commits): the teacher's and students' decoding mode.
+    # The cached modes are refused: every diagnostic compares full predictions per step.
+    decode: str | None = None
+    threshold: float | None = None
 
     def __post_init__(self) -> None:
         if self.samples <= 0 or self.batch_size <= 0:
             raise ConfigError("samples and batch_size must be positive")
+        if self.decode not in (None, "exact", "parallel"):
+            raise ConfigError(f"diagnose decodes with --decode exact or parallel, not "
+                              f"{self.decode!r}: its diagnostics compare every model's full "
+                              f"predictions at each step, which a KV cache does not compute")
 
 
 def diagnose(teacher: str | Path, students: Sequence[str | Path], data: str | None, *,
@@ -65,7 +73,8 @@ def diagnose(teacher: str | Path, students: Sequence[str | Path], data: str | No
     if source is None:
         raise ConfigError(f"{path} has no default prompts: pass --data")
     policy = opened.policy(seed=config.seed, gen_length=config.window, steps=config.steps,
-                           block_length=config.block_length)
+                           block_length=config.block_length, decode=config.decode,
+                           threshold=config.threshold)
     paths = [Path(s) for s in students]
     teacher_weights = _weights_sha256(path)
     loaded: list[Student] = []

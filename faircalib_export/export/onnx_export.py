@@ -1,10 +1,15 @@
 """Export a folded model to an ONNX graph that ONNX Runtime runs on CPU or CUDA.
 
 Graph (opset 21, IR 10), float32 compute:
-  inputs   input_ids, attention_mask (1 = real token), position_ids: int64 (batch, seq)
+  inputs   input_ids, position_ids: int64 (batch, seq); attention_mask (1 = real token)
+           int64 (batch, past + seq) over [past positions, the seq queries];
+           past_key_values float32 (layers, 2, batch, kv_heads, past, head_dim): keys (RoPE
+           applied) and values of cached positions (past = 0: no cache, a plain forward)
   outputs  logits (batch, seq, vocab) position-aligned (Dream's shift applied), and the
            per-position decision summaries token (int64), prob, margin, neg_entropy
-           (batch, seq), so greedy decoding never fetches full-vocabulary logits.
+           (batch, seq), so greedy decoding never fetches full-vocabulary logits;
+           present_key_values float32 (layers, 2, batch, kv_heads, seq, head_dim), the
+           queries' own keys and values (the cached contract of faircalib_runtime.backend).
 Per block, at each of the four sites: x' = P1 · X · P2^T on x viewed as (n1, n2) (two
 MatMuls), then dynamic per-token quantization with s = clip · max|x'_row| / qmax. Two
 W4A4 forms compute the same numbers:
@@ -32,7 +37,8 @@ per-channel scales repeated over blocks of 32) and skips activation quantization
 numerics, for speed where int4 activation emulation is slow.
 
 Beside the graph, `runtime.json` tells the torch-free runtime everything it needs:
-family, special ids, decoding policy, chat template prefix/suffix, output names.
+family, special ids, decoding policy, chat template prefix/suffix, output names, and the
+cache's input, output and shape ("cache"; exports without it run uncached only).
 """
 
 from __future__ import annotations
@@ -47,6 +53,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import TensorProto
+
+from faircalib_runtime.backend import PAST_LAYOUT
 
 from ..artifacts import RUNTIME_JSON, atomic_dir, file_sha256, read_json, write_manifest
 from ..errors import ConfigError
@@ -64,31 +72,81 @@ VARIANTS = ("w4a4", "w4a4-int", "weight-only")
 SUMMARY_OUTPUTS = ("token", "prob", "margin", "neg_entropy")
 EXTERNAL_DATA_BYTES = 1 << 30  # initializers above this go to an external-data file
 NBITS_BLOCK = 32
+CACHE_INPUT, CACHE_OUTPUT = "past_key_values", "present_key_values"
 ORT_SESSION_CONFIG = {"session.qdq_matmulnbits_accuracy_level": "1"}
+HEAD_ACTIVATIONS = ("float", "int8")
+HEAD_ACT_BITS = 8  # int8 head: per-token symmetric codes in [-128, 127], scale absmax / 127
+# MatMulNBits accuracy_level (ORT contrib op docs): the minimum precision of input A inside
+# the op. 1 keeps the activations fp32 (dequantized weights, fp32 GEMM: W4A16 numerics);
+# 4 quantizes A to int8 per block of NBITS_BLOCK along K (symmetric, scale absmax / 127 per
+# row and block) and runs an int8 GEMM: W4A8-per-block numerics, faster on CPUs with VNNI.
+ACCURACY_LEVELS = {0: "unset (ORT's default: fp32 on CPU)", 1: "fp32", 2: "fp16", 3: "bf16",
+                   4: "int8"}
+# weight-only default: level 1. Level 4 was not faster for a full 384-token forward on CPU
+# (AVX512-VNNI/AMX, ORT 1.32: about 1.1-1.6x slower; faster only for short steps of about
+# 32 tokens) and holds more memory; docs/export.md has the figures.
+WEIGHT_ONLY_ACCURACY_LEVEL = 1
 
 
 @dataclass(frozen=True)
 class ExportOptions:
     variant: str = "w4a4"  # see VARIANTS
     external_data: bool | None = None  # None: only when the weights are large
+    # LM head input: "float" (fp32 MatMul) or "int8" (per-token int8 codes x the head's
+    # int4/int8 codes with MatMulInteger; w4a4-int and a head folded to 4 or 8 bits only)
+    head_activations: str = "float"
+    # MatMulNBits accuracy_level of the weight-only graph (see ACCURACY_LEVELS); None:
+    # WEIGHT_ONLY_ACCURACY_LEVEL. The other variants take none (they run at level 1).
+    accuracy_level: int | None = None
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
             raise ConfigError(f"unknown ONNX variant {self.variant!r}; use one of "
                               f"{', '.join(VARIANTS)}")
+        if self.head_activations not in HEAD_ACTIVATIONS:
+            raise ConfigError(f"unknown head activations {self.head_activations!r}; use one "
+                              f"of {', '.join(HEAD_ACTIVATIONS)}")
+        if self.head_activations == "int8" and self.variant != "w4a4-int":
+            raise ConfigError(f"int8 head activations need the integer graph (variant "
+                              f"w4a4-int), not {self.variant}")
+        level = self.accuracy_level
+        if level is not None:
+            if isinstance(level, bool) or not isinstance(level, int) \
+                    or level not in ACCURACY_LEVELS:
+                raise ConfigError("accuracy level must be an integer in 0..4 ("
+                                  + ", ".join(f"{k} {v}" for k, v in ACCURACY_LEVELS.items())
+                                  + f"), not {level!r}")
+            if self.variant != "weight-only":
+                raise ConfigError(f"the accuracy level applies to the weight-only graph "
+                                  f"(MatMulNBits) only; the {self.variant} graph runs its "
+                                  f"fused int4 matmuls at level 1 (fp32)")
+
+    @property
+    def matmulnbits_accuracy_level(self) -> int | None:
+        """The level written on the weight-only graph's MatMulNBits nodes (None: other
+        variants, which write no MatMulNBits)."""
+        if self.variant != "weight-only":
+            return None
+        return WEIGHT_ONLY_ACCURACY_LEVEL if self.accuracy_level is None else self.accuracy_level
 
 
 class _Writer:
     """Emits the nodes of one model into a GraphBuilder."""
 
-    def __init__(self, b: GraphBuilder, meta: dict, t: dict, variant: str):
+    def __init__(self, b: GraphBuilder, meta: dict, t: dict, variant: str, *,
+                 head_activations: str = "float", accuracy_level: int | None = None):
         self.b, self.meta, self.t, self.variant = b, meta, t, variant
+        self.head_activations, self.accuracy_level = head_activations, accuracy_level
         self.cfg = ModelConfig(**meta["model_config"])
         self.w_bits, self.a_bits = meta["w_bits"], meta["a_bits"]
         if variant != "weight-only" and self.a_bits not in (4, 8, NO_QUANT_BITS):
             raise ConfigError(f"ONNX export supports 4, 8 or 16-bit activations, not {self.a_bits}")
         if variant == "weight-only" and self.w_bits != 4:
             raise ConfigError("the weight-only variant (MatMulNBits) needs 4-bit weights")
+        if head_activations == "int8" and meta["head_bits"] not in (4, 8):
+            raise ConfigError(f"int8 head activations need an LM head folded to 4 or 8-bit "
+                              f"codes (fold --head-bits 4 or 8); this model's head is "
+                              f"{meta['head_bits']}-bit")
         self._act_scale: dict[str, str] = {}  # uint8 activation codes -> per-token scales
 
     def np(self, name: str) -> np.ndarray:
@@ -115,18 +173,29 @@ class _Writer:
             x = b.op("Reshape", [xs, b.const([0, 0, n1 * n2], np.int64)])
         if self.variant == "weight-only" or self.a_bits == NO_QUANT_BITS:
             return x
-        clip = float(self.np(f"blocks.{i}.{site}.act_clip"))
-        absmax = b.op("ReduceMax", [b.op("Abs", [x]), b.const([-1], np.int64)], keepdims=1)
-        # same op order as the PyTorch reference: clamp(clip * absmax, eps) / qmax
-        scale = b.op("Div", [b.op("Max", [b.op("Mul", [absmax, b.const(clip)]),
-                                          b.const(1e-8)]), b.const(float(qmax(self.a_bits)))])
+        scale = self._token_scale(x, self.a_bits,
+                                  float(self.np(f"blocks.{i}.{site}.act_clip")))
         if self.variant == "w4a4":  # Q/DQ: int4 codes, dequantized before a float MatMul
             zp = self._zero_point(TensorProto.INT4 if self.a_bits == 4 else TensorProto.INT8)
             q = b.op("QuantizeLinear", [b.op("Div", [x, scale]), b.const(1.0), zp])
             return b.op("Mul", [b.op("DequantizeLinear", [q, b.const(1.0), zp]), scale])
-        # w4a4-int: codes as uint8 offset by the zero point z = 2^(a-1),
-        # u = clamp(round_half_even(x / s), -z, z - 1) + z
-        z = 1 << (self.a_bits - 1)
+        return self._uint8_codes(x, scale, self.a_bits)
+
+    def _token_scale(self, x: str, bits: int, clip: float | None) -> str:
+        """Per-token scale (B, S, 1) of x; same op order as the PyTorch reference:
+        clamp(clip * absmax, eps) / qmax (no Mul where clip is None)."""
+        b = self.b
+        absmax = b.op("ReduceMax", [b.op("Abs", [x]), b.const([-1], np.int64)], keepdims=1)
+        if clip is not None:
+            absmax = b.op("Mul", [absmax, b.const(clip)])
+        return b.op("Div", [b.op("Max", [absmax, b.const(1e-8)]),
+                            b.const(float(qmax(bits)))])
+
+    def _uint8_codes(self, x: str, scale: str, bits: int) -> str:
+        """Codes as uint8 offset by the zero point z = 2^(bits-1), u = clamp(
+        round_half_even(x / s), -z, z - 1) + z, for MatMulInteger (scale remembered)."""
+        b = self.b
+        z = 1 << (bits - 1)
         u = b.op("QuantizeLinear", [b.op("Div", [x, scale]), b.const(1.0),
                                     b.const(z, np.uint8)])
         u = b.op("Clip", [u, b.const(0, np.uint8), b.const(2 * z - 1, np.uint8)])
@@ -177,9 +246,11 @@ class _Writer:
         u = u.reshape(n, blocks, NBITS_BLOCK)
         packed = (u[..., 0::2] | (u[..., 1::2] << 4)).astype(np.uint8)
         scales = np.repeat(scale[:, None], blocks, axis=1).astype(np.float32).reshape(-1)
+        level = WEIGHT_ONLY_ACCURACY_LEVEL if self.accuracy_level is None else self.accuracy_level
         return self.b.op("MatMulNBits", [x, self.b.init(f"{prefix}.nbits", packed),
                                          self.b.init(f"{prefix}.nbits_scale", scales)],
-                         domain=MS_DOMAIN, K=k, N=n, bits=4, block_size=NBITS_BLOCK)
+                         domain=MS_DOMAIN, K=k, N=n, bits=4, block_size=NBITS_BLOCK,
+                         accuracy_level=level)
 
     def table(self, name: str, bits: int) -> tuple[str, str | None]:
         """(float table or int codes, per-row scales or None) initializers."""
@@ -208,32 +279,54 @@ class _Writer:
         rotated = b.op("Concat", [b.op("Neg", [x2]), x1], axis=-1)
         return b.op("Add", [b.op("Mul", [x, cos]), b.op("Mul", [rotated, sin])])
 
-    def attention_bias(self, mask: str) -> str:
-        """(B, 1, S, S) additive mask: 0 where both tokens are real (or on the diagonal)."""
+    def attention_bias(self, mask: str, ids: str) -> str:
+        """(B, 1, S, K + S) additive mask over the keys [K past positions, S queries]: 0
+        where the query and the key are real tokens, or the key is the query's own."""
         b = self.b
-        m = b.op("Cast", [mask], to=TensorProto.BOOL)
-        pair = b.op("And", [b.op("Unsqueeze", [m, b.const([2], np.int64)]),
+        m = b.op("Cast", [mask], to=TensorProto.BOOL)  # (B, K + S)
+        keys = b.op("Gather", [b.op("Shape", [mask]), b.const(1, np.int64)], axis=0)
+        seq = b.op("Gather", [b.op("Shape", [ids]), b.const(1, np.int64)], axis=0)
+        past = b.op("Sub", [keys, seq])  # keys, seq, past: 1-element tensors, as consts are
+        queries = b.op("Slice", [m, past, keys, b.const([1], np.int64)])  # (B, S)
+        pair = b.op("And", [b.op("Unsqueeze", [queries, b.const([2], np.int64)]),
                             b.op("Unsqueeze", [m, b.const([1], np.int64)])])
-        seq = b.op("Gather", [b.op("Shape", [mask]), b.const(1, np.int64)], axis=0)
-        r = b.op("Range", [b.const(0, np.int64), seq, b.const(1, np.int64)])
-        eye = b.op("Equal", [b.op("Unsqueeze", [r, b.const([1], np.int64)]),
+        one = b.const(1, np.int64)
+        own = b.op("Range", [past, keys, one])  # query q's own key is K + q
+        r = b.op("Range", [b.const(0, np.int64), keys, one])
+        eye = b.op("Equal", [b.op("Unsqueeze", [own, b.const([1], np.int64)]),
                              b.op("Unsqueeze", [r, b.const([0], np.int64)])])
         allowed = b.op("Or", [pair, eye])
         bias = b.op("Where", [allowed, b.const(0.0), b.const(-np.inf)])
         return b.op("Unsqueeze", [bias, b.const([1], np.int64)])
+
+    def past(self, past: str, i: int, j: int) -> str:
+        """past[i, j] (B, G, K, D): block i's cached keys (j = 0) or values (j = 1)."""
+        b = self.b
+        one = b.op("Slice", [past, b.const([i, j], np.int64), b.const([i + 1, j + 1], np.int64),
+                             b.const([0, 1], np.int64)])
+        return b.op("Squeeze", [one, b.const([0, 1], np.int64)])
 
     def heads(self, x: str, n: int) -> str:
         b = self.b
         x = b.op("Reshape", [x, b.const([0, 0, n, self.cfg.head_dim], np.int64)])
         return b.op("Transpose", [x], perm=[0, 2, 1, 3])  # (B, n, S, D)
 
-    def block(self, i: int, h: str, cos: str, sin: str, bias: str) -> str:
+    def block(self, i: int, h: str, cos: str, sin: str, bias: str, past: str
+              ) -> tuple[str, str]:
+        """Block i over h attending to [past_key_values[i], itself]: (h, present (1, 2, B,
+        G, S, D))."""
         b, cfg = self.b, self.cfg
         nh, g, e, f = cfg.num_heads, cfg.num_kv_heads, cfg.hidden_size, cfg.intermediate_size
         x = self.site(i, "qkv", self.rms_norm(h, f"blocks.{i}.attn_norm.weight"))
         q = self.rotate(self.heads(self.linear(i, "attn.q_proj", x, e), nh), cos, sin)
         k = self.rotate(self.heads(self.linear(i, "attn.k_proj", x, e), g), cos, sin)
         v = self.heads(self.linear(i, "attn.v_proj", x, e), g)
+        axis0 = b.const([0], np.int64)
+        present = b.op("Unsqueeze", [b.op("Concat", [b.op("Unsqueeze", [k, axis0]),
+                                                     b.op("Unsqueeze", [v, axis0])], axis=0),
+                                     axis0])
+        k, v = (b.op("Concat", [self.past(past, i, j), t], axis=2)
+                for j, t in ((0, k), (1, v)))  # (B, G, K + S, D)
         if g != nh:  # repeat each kv head for its group of query heads
             rep = b.const([1, 1, nh // g, 1, 1], np.int64)
             shape = b.const([0, nh, -1, cfg.head_dim], np.int64)
@@ -249,21 +342,25 @@ class _Writer:
         gate = self.linear(i, "mlp.gate_proj", x, e)
         gated = b.op("Mul", [b.op("Mul", [gate, b.op("Sigmoid", [gate])]),
                              self.linear(i, "mlp.up_proj", x, e)])
-        return b.op("Add", [h, self.linear(i, "mlp.down_proj", self.site(i, "down", gated), f)])
+        h = b.op("Add", [h, self.linear(i, "mlp.down_proj", self.site(i, "down", gated), f)])
+        return h, present
 
     def build(self) -> None:
         b, cfg = self.b, self.cfg
         ids = b.input("input_ids", TensorProto.INT64, ["batch", "seq"])
-        mask = b.input("attention_mask", TensorProto.INT64, ["batch", "seq"])
+        mask = b.input("attention_mask", TensorProto.INT64, ["batch", "past+seq"])
         pos = b.input("position_ids", TensorProto.INT64, ["batch", "seq"])
+        past = b.input(CACHE_INPUT, TensorProto.FLOAT, self.cache_shape("past"))
         table, scale = self.table("embed", self.meta["embed_bits"])
         h = b.op("Cast", [b.op("Gather", [table, ids], axis=0)], to=TensorProto.FLOAT)
         if scale is not None:
             h = b.op("Mul", [h, b.op("Gather", [scale, ids], axis=0)])
         cos, sin = self.rope(pos)
-        bias = self.attention_bias(mask)
+        bias = self.attention_bias(mask, ids)
+        presents = []
         for i in range(cfg.num_layers):
-            h = self.block(i, h, cos, sin, bias)
+            h, present = self.block(i, h, cos, sin, bias, past)
+            presents.append(present)
         logits = self.head_logits(self.rms_norm(h, "norm.weight"))
         if cfg.logit_shift:  # Dream: position i reads the prediction made at i - 1
             first = b.op("Slice", [logits, b.const([0], np.int64), b.const([1], np.int64),
@@ -273,15 +370,39 @@ class _Writer:
             logits = b.op("Concat", [first, rest], axis=1)
         self.summaries(logits)
         b.output(logits, "logits", TensorProto.FLOAT, ["batch", "seq", cfg.vocab_size])
+        b.output(b.op("Concat", presents, axis=0), CACHE_OUTPUT, TensorProto.FLOAT,
+                 self.cache_shape("seq"))
+
+    def cache_shape(self, keys: str) -> list:
+        """(layers, 2, batch, kv_heads, keys, head_dim), `keys` named."""
+        cfg = self.cfg
+        return [cfg.num_layers, 2, "batch", cfg.num_kv_heads, keys, cfg.head_dim]
 
     def head_logits(self, h: str) -> str:
         """Logits (B, S, V) float32 from the final normed hidden state."""
         b = self.b
+        if self.head_activations == "int8":
+            return self._int8_head(h)
         head, head_scale = self.table("lm_head", self.meta["head_bits"])
         w = b.op("Cast", [head], to=TensorProto.FLOAT)
         if head_scale is not None:
             w = b.op("Mul", [w, head_scale])
         return b.op("MatMul", [h, b.op("Transpose", [w], perm=[1, 0])])
+
+    def _int8_head(self, h: str) -> str:
+        """Logits = (u - 128) @ codes^T (MatMulInteger, exact int32) * s * c: h quantized
+        per token to int8 codes u (s = max|h_row| / 127, no clip), the head's int4 / int8
+        codes (V, E) with per-row scales c (V,)."""
+        b, bits = self.b, self.meta["head_bits"]
+        codes = self._codes("lm_head", self.cfg.hidden_size, bits)  # (V, E)
+        weight = b.init("lm_head.codes_t", int_tensor("lm_head.codes_t", codes.T, bits))
+        if bits <= 4:  # INT4 on disk; ORT folds the cast once at load
+            weight = b.op("Cast", [weight], to=TensorProto.INT8)
+        scale = self._token_scale(h, HEAD_ACT_BITS, None)
+        u = self._uint8_codes(h, scale, HEAD_ACT_BITS)
+        acc = b.op("MatMulInteger", [u, weight, b.const(1 << (HEAD_ACT_BITS - 1), np.uint8)])
+        return b.op("Mul", [b.op("Mul", [b.op("Cast", [acc], to=TensorProto.FLOAT), scale]),
+                            b.init("lm_head.scale", self.np("lm_head.scale").reshape(-1))])
 
     def summaries(self, logits: str) -> None:
         b = self.b
@@ -308,6 +429,13 @@ def chat_affixes(tokenizer) -> tuple[str, str] | None:
                                          add_generation_prompt=True, tokenize=False)
     prefix, _, suffix = text.partition(marker)
     return prefix, suffix
+
+
+def cache_config(cfg: ModelConfig) -> dict:
+    """runtime.json's "cache": the graph's past / present tensors and their shape (None
+    where the dimension varies)."""
+    return {"input": CACHE_INPUT, "output": CACHE_OUTPUT, "layout": list(PAST_LAYOUT),
+            "shape": [cfg.num_layers, 2, None, cfg.num_kv_heads, None, cfg.head_dim]}
 
 
 def write_export_dir(model: onnx.ModelProto, deploy_dir: Path, meta: dict, out: str | Path, *,
@@ -351,6 +479,7 @@ def write_export_dir(model: onnx.ModelProto, deploy_dir: Path, meta: dict, out: 
             "decoding": family_defaults(cfg.family, generation),
             "chat": chat_affixes(tokenizer),
             "inputs": ["input_ids", "attention_mask", "position_ids"],
+            "cache": cache_config(cfg),
             "outputs": {"logits": "logits", "summary": list(SUMMARY_OUTPUTS)},
             "model_file": MODEL_FILE, "external_data": DATA_FILE if external else None,
             "model_sha256": hashlib.sha256((tmp / MODEL_FILE).read_bytes()).hexdigest(),
@@ -379,9 +508,12 @@ def export_onnx(deploy_dir: str | Path, out: str | Path,
     check_output(out, "onnx", (deploy_dir,), overwrite)
     meta, tensors = read_deploy(deploy_dir)
     builder = GraphBuilder(f"faircalib-{meta['family']}-{options.variant}")
-    _Writer(builder, meta, tensors, options.variant).build()
+    level = options.matmulnbits_accuracy_level
+    _Writer(builder, meta, tensors, options.variant, head_activations=options.head_activations,
+            accuracy_level=level).build()
     model = builder.model({MS_DOMAIN: 1} if options.variant == "weight-only" else None)
-    extra = {"ort_session_config": ORT_SESSION_CONFIG}
+    extra = {"ort_session_config": ORT_SESSION_CONFIG,
+             "head_activations": options.head_activations, "accuracy_level": level}
     if options.variant == "weight-only":
         extra["a_bits"] = NO_QUANT_BITS
     return write_export_dir(model, deploy_dir, meta, out, variant=options.variant,

@@ -27,6 +27,7 @@ graph computes the same thing node by node.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -38,7 +39,7 @@ from ..artifacts import DEPLOY_JSON, read_json
 from ..errors import CheckpointError
 from ..models.config import ModelConfig
 from ..models.families import LINEAR_SITE
-from ..models.transformer import attention_bias, rope_cos_sin
+from ..models.transformer import attention_bias, cached_blocks, rope_cos_sin
 from ..quant.folded import block_forward, dequantized, rms_norm
 from ..quant.layout import transform_sites
 from .pack import unpack_int4
@@ -133,20 +134,22 @@ class DeployedModel(nn.Module):
         return codes.float() * self.t[f"{name}.scale"].float()[:, None]
 
     @torch.no_grad()
-    def forward(self, input_ids, attention_mask=None, position_ids=None):
+    def forward(self, input_ids, attention_mask=None, position_ids=None, align=True,
+                past_key_values=None, return_present=False):
+        """Aligned logits; the cache arguments as in `models.transformer.DiffusionLM`."""
         cfg = self.cfg
         b, s = input_ids.shape
         if position_ids is None:
             position_ids = torch.arange(s).expand(b, s)
         cos, sin = rope_cos_sin(position_ids, cfg.head_dim, cfg.rope_theta)
-        mask = attention_bias(attention_mask, torch.float32)
+        mask = attention_bias(attention_mask, torch.float32, s)
         h = self.embed[input_ids]
-        for block in self.blocks:
-            h = block_forward(block, cfg, self.a_bits, h, cos, sin, mask)
+        blocks = [partial(block_forward, block, cfg, self.a_bits) for block in self.blocks]
+        h, present = cached_blocks(blocks, h, cos, sin, mask, past_key_values, return_present)
         logits = rms_norm(h, self.t["norm.weight"], cfg.rms_norm_eps) @ self.lm_head.T
-        if cfg.logit_shift:
+        if align and cfg.logit_shift:
             logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
-        return logits
+        return (logits, present) if return_present else logits
 
 
 def load_deployed(directory: str | Path) -> DeployedModel:

@@ -64,7 +64,7 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(e, kv, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(e, e, bias=False)
 
-    def forward(self, x, cos, sin, attn_mask):
+    def forward(self, x, cos, sin, attn_mask, past=None, present=None):
         cfg = self.cfg
         b, s, _ = x.shape
         h, g, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -73,11 +73,28 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(b, s, g, d).transpose(1, 2)
         q = apply_rope(q, cos, sin, cfg.rope_fp32)
         k = apply_rope(k, cos, sin, cfg.rope_fp32)
-        if g != h:  # grouped-query attention: each kv head serves h // g query heads
-            k = k.repeat_interleave(h // g, dim=1)
-            v = v.repeat_interleave(h // g, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=False)
-        return self.o_proj(out.transpose(1, 2).reshape(b, s, h * d))
+        return self.o_proj(attention(q, k, v, attn_mask, past, present))
+
+
+def attention(q, k, v, attn_mask, past=None, present=None) -> torch.Tensor:
+    """The attention core of every PyTorch block (FP, calibrated, folded): (B, S, H * D).
+
+    q (B, H, S, D), k / v (B, G, S, D) with RoPE applied. `past` (2, B, G, K, D) holds the
+    keys and values of K earlier positions (a KV cache, any float dtype), attended before
+    the queries' own; `attn_mask` is then (B, 1, S, K + S). `present`, a list, receives
+    this call's (2, B, G, S, D) keys and values in float32.
+    """
+    if present is not None:
+        present.append(torch.stack((k, v)).float())
+    if past is not None:
+        k = torch.cat((past[0].to(k.dtype), k), dim=2)
+        v = torch.cat((past[1].to(v.dtype), v), dim=2)
+    b, h, s, d = q.shape
+    if k.shape[1] != h:  # grouped-query attention: each kv head serves h // g query heads
+        k = k.repeat_interleave(h // k.shape[1], dim=1)
+        v = v.repeat_interleave(h // v.shape[1], dim=1)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=False)
+    return out.transpose(1, 2).reshape(b, s, h * d)
 
 
 class MLP(nn.Module):
@@ -100,12 +117,13 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, h, cos, sin, attn_mask):
-        h = h + self.attn(self.attn_norm(h), cos, sin, attn_mask)
+    def forward(self, h, cos, sin, attn_mask, past=None, present=None):
+        h = h + self.attn(self.attn_norm(h), cos, sin, attn_mask, past, present)
         return h + self.mlp(self.mlp_norm(h))
 
 
-def attention_bias(attention_mask: torch.Tensor | None, dtype: torch.dtype):
+def attention_bias(attention_mask: torch.Tensor | None, dtype: torch.dtype,
+                   num_queries: int | None = None):
     """Turn a padding mask into the boolean SDPA mask (B, 1, S, S), or None.
 
     `attention_mask` is (B, S) with 1 for real tokens (pairwise mask built as in Dream:
@@ -113,14 +131,21 @@ def attention_bias(attention_mask: torch.Tensor | None, dtype: torch.dtype):
     rows are allowed to attend to themselves so that no row is fully masked: that keeps
     them finite (a NaN there would leak into real rows through the values), and real
     rows never see them.
+
+    Cached calls: the keys are [K past positions, Q queries] and the mask is (B, K + Q)
+    (the queries' rows are its last `num_queries` columns) or (B, Q, K + Q); the result
+    is (B, 1, Q, K + Q) with the same rule, query q's own key being column K + q.
     """
     if attention_mask is None:
         return None
     m = attention_mask.bool()
     if m.dim() == 2:
-        m = m[:, :, None] & m[:, None, :]  # (B, S, S)
-    eye = torch.eye(m.shape[-1], dtype=torch.bool, device=m.device)
-    return (m | eye)[:, None]  # (B, 1, S, S)
+        queries = m[:, m.shape[1] - (m.shape[1] if num_queries is None else num_queries):]
+        m = queries[:, :, None] & m[:, None, :]  # (B, Q, K + Q)
+    q, k = m.shape[-2:]
+    keys = torch.arange(k, device=m.device)
+    eye = keys[None, :] == keys[k - q:, None]  # (Q, K + Q): each query's own key
+    return (m | eye)[:, None]  # (B, 1, Q, K + Q)
 
 
 class DiffusionLM(nn.Module):
@@ -155,18 +180,35 @@ class DiffusionLM(nn.Module):
     def forward(
         self,
         input_ids: torch.Tensor,  # (B, S) int64
-        attention_mask: torch.Tensor | None = None,  # (B, S) or (B, S, S)
+        attention_mask: torch.Tensor | None = None,  # (B, S) or (B, S, S); cached (B, K + S)
         position_ids: torch.Tensor | None = None,  # (B, S)
         align: bool = True,
-    ) -> torch.Tensor:  # (B, S, V)
+        past_key_values: torch.Tensor | None = None,  # (L, 2, B, G, K, D)
+        return_present: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:  # (B, S, V) [, (L, 2, B, G, S, D)]
+        """Logits of the S query positions; with `past_key_values` they also attend to K
+        cached positions (see `cached_blocks`), with `return_present` their own keys and
+        values come back too, float32."""
         if position_ids is None:
             position_ids = self.default_position_ids(input_ids)
         h = self.embed(input_ids)
         cos, sin = self.rope(position_ids)
-        mask = attention_bias(attention_mask, h.dtype)
-        for block in self.blocks:
-            h = block(h, cos, sin, mask)
-        return self.head(h, align)
+        mask = attention_bias(attention_mask, h.dtype, input_ids.shape[1])
+        h, present = cached_blocks(self.blocks, h, cos, sin, mask, past_key_values,
+                                   return_present)
+        logits = self.head(h, align)
+        return (logits, present) if return_present else logits
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def cached_blocks(blocks, h, cos, sin, mask, past=None, return_present=False):
+    """Run `blocks` over h, block i attending also to past[i]: (h, present or None).
+
+    `past` is (L, 2, B, G, K, D) or None; present is (L, 2, B, G, S, D) float32.
+    """
+    present = [] if return_present else None
+    for i, block in enumerate(blocks):
+        h = block(h, cos, sin, mask, past=None if past is None else past[i], present=present)
+    return h, torch.stack(present) if return_present else None

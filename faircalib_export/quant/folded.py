@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.config import ModelConfig
-from ..models.transformer import apply_rope
+from ..models.transformer import apply_rope, attention
 from .quantizer import NO_QUANT_BITS, fake_quant, row_scale
 
 LINEARS = ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj", "mlp.gate_proj",
@@ -52,10 +52,12 @@ def _site(w: dict[str, torch.Tensor], site: str, x: torch.Tensor, a_bits: int) -
     return fake_quant(x, row_scale(x, a_bits, clip), a_bits)
 
 
-def block_math(cfg: ModelConfig, h, cos, sin, mask, *, norm, site, mm) -> torch.Tensor:
+def block_math(cfg: ModelConfig, h, cos, sin, mask, *, norm, site, mm, past=None,
+               present=None) -> torch.Tensor:
     """The W4A4 block dataflow, with the three operations supplied by the caller:
     norm(name, x) for the two RMSNorms, site(name, x) for a site's transform and
-    activation quantization, mm(linear, x) for a quantized linear."""
+    activation quantization, mm(linear, x) for a quantized linear. `past` / `present`:
+    cached keys and values, as in `models.transformer.attention`."""
     b, s, _ = h.shape
     nh, g, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     x = site("qkv", norm("attn_norm", h))
@@ -63,11 +65,7 @@ def block_math(cfg: ModelConfig, h, cos, sin, mask, *, norm, site, mm) -> torch.
     k = mm("attn.k_proj", x).view(b, s, g, d).transpose(1, 2)  # (B, G, S, D)
     v = mm("attn.v_proj", x).view(b, s, g, d).transpose(1, 2)
     q, k = apply_rope(q, cos, sin, cfg.rope_fp32), apply_rope(k, cos, sin, cfg.rope_fp32)
-    if g != nh:  # each kv head serves nh // g query heads
-        k = k.repeat_interleave(nh // g, dim=1)
-        v = v.repeat_interleave(nh // g, dim=1)
-    attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    attn = attn.transpose(1, 2).reshape(b, s, nh * d)
+    attn = attention(q, k, v, mask, past, present)  # (B, S, nh * d)
     h = h + mm("attn.o_proj", site("o", attn))
     x = site("gate_up", norm("mlp_norm", h))
     gated = F.silu(mm("mlp.gate_proj", x)) * mm("mlp.up_proj", x)
@@ -75,11 +73,12 @@ def block_math(cfg: ModelConfig, h, cos, sin, mask, *, norm, site, mm) -> torch.
 
 
 def block_forward(w: dict[str, torch.Tensor], cfg: ModelConfig, a_bits: int, h, cos, sin,
-                  mask) -> torch.Tensor:
+                  mask, past=None, present=None) -> torch.Tensor:
     """One folded W4A4 block (weights already dequantized by `dequantized`)."""
     return block_math(
         cfg, h, cos, sin, mask,
         norm=lambda name, x: rms_norm(x, w[f"{name}.weight"], cfg.rms_norm_eps),
         site=lambda name, x: _site(w, name, x, a_bits),
         mm=lambda lin, x: F.linear(x, w[f"{lin}.weight"], w.get(f"{lin}.bias")),
+        past=past, present=present,
     )

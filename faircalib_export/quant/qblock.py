@@ -165,16 +165,17 @@ class QuantBlock(nn.Module):
             out[f"{name}.act_clip"] = self.act[name].clip().float().reshape(())
         return out
 
-    def forward(self, h, cos, sin, attn_mask, drop_prob: float = 0.0):
-        """The folded deployment arithmetic after `convert()`, else the calibration form."""
+    def forward(self, h, cos, sin, attn_mask, drop_prob: float = 0.0, past=None, present=None):
+        """The folded deployment arithmetic after `convert()`, else the calibration form.
+        `past` / `present`: cached keys and values (`models.transformer.attention`)."""
         if self._folded_cache is not None:
             return block_forward(self._folded_cache, self.cfg, self.spec.a_bits, h, cos, sin,
-                                 attn_mask)
+                                 attn_mask, past, present)
         return block_math(
             self.cfg, h, cos, sin, attn_mask,
             norm=lambda name, x: getattr(self.fp, name)(x),
             site=lambda name, x: self.site_input(name, x, drop_prob),
-            mm=self._mm,
+            mm=self._mm, past=past, present=present,
         )
 
     def calib_state(self) -> dict[str, torch.Tensor]:

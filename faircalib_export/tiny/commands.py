@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..options import OverwriteOpt
+from ..options import CacheOpt, DecodeOpt, OverwriteOpt, ThresholdOpt, decode_overrides
 from .config import EVAL_LIMIT
 
 console = Console()
@@ -83,13 +83,17 @@ def eval_cmd(
     output: Annotated[Path | None, typer.Option("-o", "--output",
                                                 help="Write the results as JSON.")] = None,
     overwrite: bool = False,
+    decode: DecodeOpt = None,
+    threshold: ThresholdOpt = None,
+    cache: CacheOpt = None,
 ) -> None:
     """Exact-match accuracy on a task, decoded with the model's own commit policy."""
     from .evaluate import evaluate
 
     result = evaluate(model, task, limit, gen_length=gen_length, steps=steps,
                       block_length=block_length, batch_size=batch_size, seed=seed,
-                      split=split, dtype=dtype, console=err_console)
+                      split=split, dtype=dtype, console=err_console,
+                      **decode_overrides(decode, threshold, cache))
     print_result(result)
     if output is not None:
         from ..artifacts import write_output_file

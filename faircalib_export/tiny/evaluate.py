@@ -38,6 +38,9 @@ def describe(policy) -> str:
     d = policy.to_dict()
     name = d.get("remasking") or d.get("alg") or d.get("policy")
     shape = f"gen length {policy.window}, {d['steps']} steps"
+    if d.get("decode", "exact") != "exact":
+        shape = (f"decode {d['decode']} (threshold {d['threshold']}, cache {d['cache']}), "
+                 + shape)
     if "block_length" in d:
         shape += f", block length {d['block_length']}"
     greedy = "greedy" if not d.get("temperature") else f"temperature {d['temperature']}"
@@ -136,8 +139,9 @@ def evaluate(model: str | Path, task: str = "chain", limit: int = 500, *,
              gen_length: int | None = None, steps: int | None = None,
              block_length: int | None = None, batch_size: int = 64, seed: int = 0,
              split: str = "heldout", dtype: str = "fp32", threads: int | None = None,
-             console=None) -> dict:
-    """Score a model of any kind on `limit` problems of `task` (`dtype`: checkpoints only)."""
+             console=None, **decoding) -> dict:
+    """Score a model of any kind on `limit` problems of `task` (`dtype`: checkpoints only;
+    `decoding`: further policy fields, e.g. decode="fast", threshold=0.9)."""
     from ..errors import ConfigError
     from ..opener import open_model
 
@@ -156,7 +160,8 @@ def evaluate(model: str | Path, task: str = "chain", limit: int = 500, *,
         from ..models.loading import load_model
 
         opened.model = load_model(opened.path, dtype=dtype)
-    policy = opened.policy(gen_length=gen_length, steps=steps, block_length=block_length)
+    policy = opened.policy(gen_length=gen_length, steps=steps, block_length=block_length,
+                           **decoding)
     text = opened.text_decoder(chat=True)
     result = score(lambda ids: opened.generate(ids, policy).generated,
                    lambda examples: [text.encode(ex.prompt) for ex in examples], text.decode,

@@ -4,8 +4,9 @@
 `dir/model.engine` (written by `export_tensorrt` / `build_engine`): it loads the plugin
 library into TensorRT's registry, deserializes the engine, and runs one execution context
 on its own stream. Device buffers grow to the largest shape seen and are reused. With
-want="summary" only the four (B, S) summary outputs are copied to the host; the engine
-still computes the logits on the device (TensorRT computes every network output).
+want="summary" only the four (B, S) summary outputs (float32: the model's dtype) are
+copied to the host; the engine still computes the logits on the device (TensorRT computes
+every network output). want="summary64" copies the logits and summarizes them on the host.
 
 Nothing here imports torch; `tensorrt` is imported when a backend is constructed.
 """
@@ -41,7 +42,12 @@ def read_engine_config(directory: str | Path) -> dict:
 
 
 class TensorRTBackend:
-    """Runtime backend over a TensorRT engine with the faircalib W4A4 plugins."""
+    """Runtime backend over a TensorRT engine with the faircalib W4A4 plugins.
+
+    Uncached only: an engine whose graph has the KV-cache input is fed an empty past.
+    """
+
+    supports_cache = False
 
     def __init__(self, directory: str | Path, plugin_library: str | Path | None = None,
                  device: int = 0):
@@ -72,7 +78,7 @@ class TensorRTBackend:
         self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
         self.summary_names = list(self.config["outputs"]["summary"])
         self._buffers: dict[str, tuple[int, int]] = {}  # name -> (pointer, bytes)
-        self.calls = {"logits": 0, "summary": 0}
+        self.calls = {"logits": 0, "summary": 0, "summary64": 0}
         self.limits = (self.config["engine"].get("max_batch"), self.config["engine"].get("max_seq"))
 
     def _buffer(self, name: str, nbytes: int) -> int:
@@ -85,7 +91,7 @@ class TensorRTBackend:
 
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray | None,
                 position_ids: np.ndarray | None, want: str):
-        from faircalib_runtime.backend import StepOutput, Summary
+        from faircalib_runtime.backend import StepOutput, Summary, step_output
 
         b, s = input_ids.shape
         max_batch, max_seq = self.limits
@@ -100,11 +106,15 @@ class TensorRTBackend:
             "position_ids": (np.broadcast_to(np.arange(s), (b, s)) if position_ids is None
                              else position_ids),
         }
+        cache = self.config.get("cache")
+        if cache is not None:  # the graph's past: empty (L, 2, B, G, 0, D)
+            layers, two, _, kv_heads, _, head_dim = cache["shape"]
+            feeds[cache["input"]] = np.zeros((layers, two, b, kv_heads, 0, head_dim))
         host = {}
         for name in self.inputs:
             array = np.ascontiguousarray(feeds[name], dtype=self.dtypes[name])
             host[name] = array  # kept alive until the stream is synchronized
-            ptr = self._buffer(name, array.nbytes)
+            ptr = self._buffer(name, max(array.nbytes, 1))  # an empty past needs an address
             self.cuda.copy(ptr, array.ctypes.data, array.nbytes, 1, self.stream)
             self.context.set_input_shape(name, array.shape)
             self.context.set_tensor_address(name, ptr)
@@ -126,10 +136,9 @@ class TensorRTBackend:
         self.calls[want] += 1
         if want == "summary":
             token, prob, margin, neg_entropy = (result[n] for n in self.summary_names)
-            return StepOutput(summary=Summary(token.astype(np.int64), prob.astype(np.float64),
-                                              margin.astype(np.float64),
-                                              neg_entropy.astype(np.float64)))
-        return StepOutput(logits=result[wanted[0]].astype(np.float32, copy=False))
+            return StepOutput(summary=Summary(token.astype(np.int64), prob, margin,
+                                              neg_entropy))
+        return step_output(result[wanted[0]].astype(np.float32, copy=False), want)
 
     def close(self) -> None:
         for ptr, _ in self._buffers.values():

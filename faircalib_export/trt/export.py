@@ -178,6 +178,19 @@ def _device_summary() -> dict:
         return {"error": str(err)}
 
 
+def _profile(config: dict, max_batch: int, max_seq: int) -> dict[str, tuple]:
+    """(min, opt, max) shape per engine input; the KV-cache input's past runs from 0 (the
+    backend feeds an empty past) to max_seq."""
+    shapes = {name: ((1, 1), (max_batch, max_seq), (max_batch, max_seq))
+              for name in config["inputs"]}
+    cache = config.get("cache")
+    if cache is not None:
+        layers, two, _, kv_heads, _, head_dim = cache["shape"]
+        dims = lambda batch, past: (layers, two, batch, kv_heads, past, head_dim)  # noqa: E731
+        shapes[cache["input"]] = (dims(1, 0), dims(max_batch, 0), dims(max_batch, max_seq))
+    return shapes
+
+
 def build_engine(export_dir: str | Path, target: str | Target | None = None, *,
                  plugin_library: str | Path | None = None, max_batch: int | None = None,
                  max_seq: int | None = None,
@@ -218,8 +231,9 @@ def build_engine(export_dir: str | Path, target: str | Target | None = None, *,
         if hasattr(trt.BuilderFlag, "TF32"):
             bconfig.clear_flag(trt.BuilderFlag.TF32)
         profile = builder.create_optimization_profile()
-        for name in config["inputs"]:
-            profile.set_shape(name, (1, 1), (max_batch, max_seq), (max_batch, max_seq))
+        shapes = _profile(config, max_batch, max_seq)
+        for name, (low, opt, high) in shapes.items():
+            profile.set_shape(name, low, opt, high)
         bconfig.add_optimization_profile(profile)
         start = time.perf_counter()
         serialized = builder.build_serialized_network(network, bconfig)
@@ -241,8 +255,8 @@ def build_engine(export_dir: str | Path, target: str | Target | None = None, *,
         "engine_file": ENGINE_FILE, "engine_sha256": file_sha256(engine),
         "tensorrt_version": trt.__version__, "versions": package_versions(),
         "device": device, "target": target.to_dict(), "warnings": warnings,
-        "profile": {name: {"min": [1, 1], "opt": [max_batch, max_seq],
-                           "max": [max_batch, max_seq]} for name in config["inputs"]},
+        "profile": {name: dict(zip(("min", "opt", "max"), map(list, dims), strict=True))
+                    for name, dims in shapes.items()},
         "workspace_gib": workspace_gib, "tf32": False, "build_seconds": round(seconds, 1),
         "plugin_library": {"path": str(library), "sha256": file_sha256(library)},
         "onnx_sha256": config["model_sha256"],

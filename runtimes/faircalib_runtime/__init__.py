@@ -18,7 +18,9 @@ from .backend import (
     align_logits,
     summarize,
 )
+from .batch import DecodeResult, PromptError, StepEvent, left_pad
 from .config import (
+    ConfidenceDtype,
     DreamAlg,
     DreamConfig,
     LLaDAConfig,
@@ -28,12 +30,13 @@ from .config import (
     RandomCommitConfig,
     Remasking,
 )
-from .decode import DecodeResult, PromptError, StepEvent, generate, left_pad
+from .decode import generate
 from .text import TextDecoder
 from .trajectory import Trajectory, TrajectoryRecorder
 
 __all__ = [
-    "Backend", "DecodeResult", "DreamAlg", "DreamConfig", "FunctionBackend", "LLaDAConfig",
+    "Backend", "ConfidenceDtype", "DecodeResult", "DreamAlg", "DreamConfig", "FunctionBackend",
+    "LLaDAConfig",
     "Padding", "PolicyConfig", "PolicyConfigError", "PromptError", "RandomCommitConfig",
     "RawLogitsBackend",
     "Remasking", "StepEvent", "StepOutput", "Summary", "TextDecoder", "Trajectory",

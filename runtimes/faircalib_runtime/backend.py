@@ -5,13 +5,17 @@ A backend maps a token state to per-position predictions:
     forward(input_ids (B, S) int64,
             attention_mask (B, S) bool | (B, S, S) bool | None,
             position_ids (B, S) int64 | None,
-            want: "logits" | "summary") -> StepOutput
+            want: "logits" | "summary" | "summary64") -> StepOutput
 
 Outputs are POSITION-ALIGNED: index i is the prediction for position i. A backend over a
 model that predicts token i from the hidden state at i - 1 (Dream) applies the shift
 itself, or is wrapped in `RawLogitsBackend`. With want="summary" a backend returns only
 the (B, S) statistics of `Summary`, so a greedy loop never moves full-vocabulary logits
-off the device that computed them.
+off the device that computed them. "summary" statistics are computed in the logits' own
+dtype (the model's: float32 for ONNX graphs and fp32 models, bfloat16 for a torch model
+run in bf16), as the official loops compute confidences; "summary64" asks for them in
+float64 (config `confidence_dtype="float64"`). A backend that cannot compute float64
+statistics where the logits live fetches the logits and calls `summarize` on the host.
 
 Arrays are numpy for the public runtime; the torch loop runs the same contract on
 tensors (see `faircalib_export.decoding.torch_backend`).
@@ -27,7 +31,7 @@ import numpy as np
 
 from .xp import NUMPY, Array, ArrayOps, softmax
 
-Want = Literal["logits", "summary"]
+Want = Literal["logits", "summary", "summary64"]
 ENTROPY_EPS = 1e-10  # Dream's epsilon inside log(p + eps)
 
 
@@ -35,15 +39,17 @@ ENTROPY_EPS = 1e-10  # Dream's epsilon inside log(p + eps)
 class Summary:
     """What a deterministic policy needs from the softmax of each position; all (B, S)."""
 
-    token: Array  # int64: argmax id (first maximum on ties)
-    prob: Array  # float64: softmax probability of `token`
-    margin: Array  # float64: p_top1 - p_top2
-    neg_entropy: Array  # float64: sum_v p log(p + 1e-10) (larger = surer)
+    token: Array  # int64: argmax id of the logits (first maximum on ties)
+    # Floats in the logits' dtype (want="summary") or float64 (want="summary64"):
+    prob: Array  # softmax probability of `token`
+    margin: Array  # p_top1 - p_top2
+    neg_entropy: Array  # sum_v p log(p + 1e-10) (larger = surer)
 
 
 @dataclass(frozen=True)
 class StepOutput:
-    """Exactly one of `logits` (B, S, V) float32 or `summary` is set."""
+    """Exactly one of `logits` (B, S, V), in the model's float dtype (float32 on numpy
+    backends), or `summary` is set."""
 
     logits: Array | None = None
     summary: Summary | None = None
@@ -116,23 +122,34 @@ def supports_cache(backend: Backend) -> bool:
 SUMMARY_CHUNK_ROWS = 32  # rows per chunk: bounds the (rows, V) float64 temporaries
 
 
-def summarize(logits: Array, ops: ArrayOps = NUMPY, chunk_rows: int = SUMMARY_CHUNK_ROWS
-              ) -> Summary:
-    """Summary of aligned logits (..., V); all math in float64, chunked over rows."""
+def summarize(logits: Array, ops: ArrayOps = NUMPY, chunk_rows: int = SUMMARY_CHUNK_ROWS,
+              float64: bool = True) -> Summary:
+    """Summary of aligned logits (..., V), chunked over rows; the math is float64, or the
+    logits' own dtype with float64=False (what want="summary" returns)."""
     lead = logits.shape[:-1]
     flat = logits.reshape(-1, logits.shape[-1])  # (R, V)
     starts = range(0, flat.shape[0], chunk_rows) or range(1)  # one (empty) chunk if R = 0
-    parts = [_summarize_rows(flat[i:i + chunk_rows], ops) for i in starts]
+    parts = [_summarize_rows(flat[i:i + chunk_rows], ops, float64) for i in starts]
     cat = lambda k: ops.concat([p[k] for p in parts]).reshape(lead)
     return Summary(token=cat(0), prob=cat(1), margin=cat(2), neg_entropy=cat(3))
 
 
-def _summarize_rows(logits: Array, ops: ArrayOps) -> tuple[Array, Array, Array, Array]:
-    z = ops.f64(logits)  # (R, V)
-    p = softmax(ops, z)
+def _summarize_rows(logits: Array, ops: ArrayOps, float64: bool
+                    ) -> tuple[Array, Array, Array, Array]:
+    z = ops.f64(logits) if float64 else logits  # (R, V)
+    p = softmax(ops, z, float64)
     top1, top2 = ops.top2(p)
     neg_entropy = ops.sum(p * ops.log(p + ENTROPY_EPS))
     return ops.argmax(z), top1, top1 - top2, neg_entropy
+
+
+def step_output(logits: Array, want: Want, ops: ArrayOps = NUMPY) -> StepOutput:
+    """What a backend holding aligned `logits` (B, S, V) returns for `want`."""
+    if want == "logits":
+        return StepOutput(logits=logits)
+    if want not in ("summary", "summary64"):
+        raise ValueError(f"want must be 'logits', 'summary' or 'summary64', not {want!r}")
+    return StepOutput(summary=summarize(logits, ops, float64=want == "summary64"))
 
 
 def token_probability(logits: Array, tokens: Array, ops: ArrayOps = NUMPY) -> Array:
@@ -172,9 +189,7 @@ class FunctionBackend:
 
     def forward(self, input_ids, attention_mask, position_ids, want: Want) -> StepOutput:
         logits = _check_logits(self.fn(input_ids, attention_mask, position_ids), input_ids)
-        if want == "summary":
-            return StepOutput(summary=summarize(logits))
-        return StepOutput(logits=logits)
+        return step_output(logits, want)
 
 
 class RawLogitsBackend:
@@ -191,6 +206,4 @@ class RawLogitsBackend:
     def forward(self, input_ids, attention_mask, position_ids, want: Want) -> StepOutput:
         out = self.inner.forward(input_ids, attention_mask, position_ids, "logits")
         logits = align_logits(_check_logits(out.logits, input_ids), self.shift)
-        if want == "summary":
-            return StepOutput(summary=summarize(logits))
-        return StepOutput(logits=logits)
+        return step_output(logits, want)

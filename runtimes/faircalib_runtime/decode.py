@@ -7,24 +7,31 @@ tokenization (see `text.py`) and imports no torch: `ops` defaults to numpy, and
 `faircalib_export.decoding.generate_torch` runs this same loop on torch tensors.
 
 Greedy configurations (temperature 0, confidences read from the unfiltered softmax,
-no guidance) only ask the backend for summaries, never for full-vocabulary logits.
+no guidance, no EOS options, no hooks) only ask the backend for summaries ("summary" in
+the model's dtype, "summary64" with confidence_dtype="float64"), never for full logits.
+
+Deliberate deviations from the references (docs/decoding.md): ties among equal confidences
+go to the lowest index (torch.topk leaves it open); Dream's batched top-k never writes
+over a committed token (see `_dream`); random draws come from our counter-based RNG.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from . import policies as P
 from .backend import Backend, StepOutput, Summary, Want, summarize, token_probability
+from .batch import Batch, DecodeResult, StepEvent, expand_prompts, left_pad
 from .config import (
+    DecodeMode,
     DreamAlg,
     DreamConfig,
     LLaDAConfig,
-    Padding,
     PolicyConfig,
+    PolicyConfigError,
     RandomCommitConfig,
     Remasking,
 )
@@ -33,85 +40,20 @@ from .trajectory import TrajectoryRecorder
 from .xp import NUMPY, Array, ArrayOps, softmax
 
 NEG_INF = float("-inf")
-
-
-class PromptError(ValueError):
-    """A prompt the loop cannot decode: empty, not token ids, or holding the mask id."""
-
-
-@dataclass(frozen=True)
-class Batch:
-    """A left-padded batch laid out on the host."""
-
-    input_ids: np.ndarray  # (B, S) int64: pads | prompt | K mask tokens
-    attention_mask: np.ndarray | None  # (B, S) bool, only when some prompt is padded
-    position_ids: np.ndarray | None  # (B, S) int64, only for ATTENTION_AND_POSITIONS
-    pad: np.ndarray  # (B,) number of left pads per sample
-    prompt_width: int  # P: the window is columns P .. S - 1
-
-
-def left_pad(prompts: Sequence[Sequence[int]], window: int, *, pad_id: int, mask_id: int,
-             padding: Padding) -> Batch:
-    """Lay out prompts of different lengths; validates them."""
-    if not prompts:
-        raise PromptError("no prompts given")
-    lengths = [len(p) for p in prompts]
-    if min(lengths) == 0:
-        raise PromptError(f"prompt {lengths.index(0)} is empty")
-    width = max(lengths)
-    b, s = len(prompts), width + window
-    ids = np.full((b, s), mask_id, dtype=np.int64)
-    real = np.ones((b, s), dtype=bool)
-    pad = np.array([width - n for n in lengths], dtype=np.int64)
-    for i, prompt in enumerate(prompts):
-        row = np.asarray(prompt, dtype=np.int64)
-        if row.ndim != 1 or (row < 0).any():
-            raise PromptError(f"prompt {i} must be a flat list of non-negative token ids")
-        if (row == mask_id).any():
-            raise PromptError(f"prompt {i} contains the mask id {mask_id}")
-        ids[i, : pad[i]] = pad_id
-        ids[i, pad[i]:width] = row
-        real[i, : pad[i]] = False
-    if not pad.any():
-        return Batch(ids, None, None, pad, width)
-    positions = None
-    if padding is Padding.ATTENTION_AND_POSITIONS:
-        positions = np.cumsum(real, axis=1) - 1  # (B, S): real tokens count from 0
-        positions[~real] = 1  # as Dream's reference does
-    return Batch(ids, real, positions, pad, width)
-
-
-@dataclass(frozen=True)
-class StepEvent:
-    """Passed to `on_step` after each commit; arrays are in the loop's namespace."""
-
-    step: int
-    block: int  # LLaDA block index, 0 for the other policies
-    x: Array  # (B, S) state after the commit
-    committed: Array  # (B, S) bool commit set of this step
-
-
-@dataclass(frozen=True)
-class DecodeResult:
-    tokens: np.ndarray  # (B, S) int64 final state: pads | prompt | window
-    prompt_width: int  # P: the window starts at column P
-    pad: np.ndarray  # (B,) left pads per sample
-    commit_step: np.ndarray  # (B, K) loop step that wrote each window position, -1 never
-    generated: list[list[int]]  # window ids cut at the first EOS, mask ids dropped
-    steps_run: int
-
-    @property
-    def window(self) -> np.ndarray:
-        return self.tokens[:, self.prompt_width:]  # (B, K)
+LogitsHook = Callable[[int, Any, Any], Any]  # (step, x, logits) -> logits
+TokensHook = Callable[[Any, Any, Any], Any]  # (step | None, x, logits | None) -> x
 
 
 class _Run:
     """Decode state plus the bookkeeping every policy shares (commit, record, notify)."""
 
     def __init__(self, backend: Backend, batch: Batch, config: PolicyConfig, ops: ArrayOps,
-                 recorder: TrajectoryRecorder | None, on_step: Callable | None):
+                 recorder: TrajectoryRecorder | None, on_step: Callable | None, *,
+                 logits_hook: LogitsHook | None = None, tokens_hook: TokensHook | None = None):
         self.backend, self.config, self.ops = backend, config, ops
         self.recorder, self.on_step = recorder, on_step
+        self.logits_hook, self.tokens_hook = logits_hook, tokens_hook
+        self.float64 = config.float64_confidence
         self.x = ops.asarray(batch.input_ids)  # (B, S)
         self.b, self.s = batch.input_ids.shape
         self.p, self.pad = batch.prompt_width, batch.pad
@@ -131,20 +73,24 @@ class _Run:
 
     # -- model calls ---------------------------------------------------------------------
     def want(self, greedy: bool) -> Want:
-        needs_logits = self.recorder is not None and self.recorder.needs_logits
-        return "summary" if greedy and not needs_logits else "logits"
+        needs_logits = (self.recorder is not None and self.recorder.needs_logits
+                        or self.logits_hook is not None or self.tokens_hook is not None)
+        if not greedy or needs_logits:
+            return "logits"
+        return "summary64" if self.float64 else "summary"
 
     def forward(self, want: Want) -> StepOutput:
         return self.backend.forward(self.x, self.attention_mask, self.position_ids, want)
 
     def forward_guided(self, cfg_scale: float, prompt_index: Array) -> Array:
-        """Guided logits (B, S, V) f64 from one call on [x; x with the prompt masked]."""
+        """Guided logits (B, S, V) from one call on [x; x with the prompt masked]."""
         ops = self.ops
         uncond = ops.where(prompt_index, self.config.mask_id, self.x)
         both = lambda a: None if a is None else ops.concat([a, a])
         out = self.backend.forward(ops.concat([self.x, uncond]), both(self.attention_mask),
                                    both(self.position_ids), "logits")
-        return P.cfg_combine(out.logits[: self.b], out.logits[self.b:], cfg_scale, ops)
+        return P.cfg_combine(out.logits[: self.b], out.logits[self.b:], cfg_scale, ops,
+                             self.float64)
 
     def masked(self) -> Array:
         return self.x == self.config.mask_id  # (B, S)
@@ -155,7 +101,7 @@ class _Run:
     def take_rows(self, logits: Array, rows: Array) -> Array:
         return logits.reshape(self.b * self.s, -1)[rows]  # (N, V)
 
-    def spread(self, values: Array, rows: Array, fill, dtype: str) -> Array:
+    def spread(self, values: Array, rows: Array, fill, dtype) -> Array:
         return P.scatter_rows(values, rows, (self.b, self.s), fill, dtype, self.ops)
 
     # -- commit --------------------------------------------------------------------------
@@ -179,9 +125,9 @@ class _Run:
         if summary is None:  # statistics of the masked rows only
             rows = self.rows(masked)
             logits_rows = self.take_rows(logits, rows)
-            s = summarize(logits_rows, ops)
+            s = summarize(logits_rows, ops, float64=self.float64)
             nan = float("nan")
-            top1, margin, neg_entropy = (self.spread(v, rows, nan, "f64")
+            top1, margin, neg_entropy = (self.spread(v, rows, nan, v.dtype)
                                          for v in (s.prob, s.margin, s.neg_entropy))
             if self.reference is not None:
                 ref = self.reference.reshape(-1)[rows]
@@ -215,7 +161,8 @@ def _maybe(ops: ArrayOps, a: np.ndarray | None) -> Array | None:
 
 def _llada(run: _Run, cfg: LLaDAConfig) -> None:
     ops = run.ops
-    greedy = cfg.temperature == 0 and cfg.cfg_scale == 0
+    eos_options = cfg.logits_eos_inf or cfg.confidence_eos_eot_inf  # need full logits
+    greedy = cfg.temperature == 0 and cfg.cfg_scale == 0 and not eos_options
     prompt_index = run.x != cfg.mask_id  # pads count as prompt, as in the reference
     for block in range(cfg.num_blocks):
         start = run.p + block * cfg.block_length
@@ -240,30 +187,42 @@ def _llada(run: _Run, cfg: LLaDAConfig) -> None:
             else:
                 rows = run.rows(candidates)
                 z = run.take_rows(logits, rows)  # (N, V)
+                if cfg.logits_eos_inf:
+                    z = P.suppress(z, cfg.eos_ids[:1], ops)
                 x0_rows = P.llada_tokens(z, rows, z.shape[-1], cfg.temperature, cfg.seed,
                                          run.step, ops)
+                if cfg.confidence_eos_eot_inf:  # after x0, as generate.py does
+                    z = P.suppress(z, P.llada_confidence_suppressed(cfg.eos_ids,
+                                                                    cfg.temperature), ops)
                 conf_rows = P.llada_confidence(z, x0_rows, rows, cfg.remasking, cfg.seed,
-                                               run.step, ops)
+                                               run.step, ops, run.float64)
                 x0 = run.spread(x0_rows, rows, 0, "i64")
-                confidence = run.spread(conf_rows, rows, NEG_INF, "f64")
+                confidence = run.spread(conf_rows, rows, NEG_INF, conf_rows.dtype)
             confidence = ops.where(candidates, confidence, NEG_INF)
             select = P.top_k_mask(confidence, counts[:, j], ops) & masked
             run.commit(select, x0, masked, logits=logits, summary=summary, block=block)
 
 
 def _dream(run: _Run, cfg: DreamConfig) -> None:
+    """Dream's `_sample` loop, hooks included (their call points and arguments are the
+    reference's; any hook makes the loop fetch full logits)."""
     ops = run.ops
     ts = P.dream_timesteps(cfg.steps, cfg.eps)
     greedy = cfg.temperature == 0 and not cfg.filters_logits
     sample = dict(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                  alg=cfg.alg, seed=cfg.seed, ops=ops)
+                  alg=cfg.alg, seed=cfg.seed, ops=ops, float64=run.float64)
+    hooked = run.logits_hook is not None or run.tokens_hook is not None
+    if run.tokens_hook is not None:
+        run.x = run.tokens_hook(None, run.x, None)
     for i in range(cfg.steps):
         masked = run.masked()
         total = ops.count(masked)
-        if total == 0:  # every later step of the reference would be a no-op
+        if total == 0 and not hooked:  # every later step of the reference would be a no-op
             break
         out = run.forward(run.want(greedy))
         logits, summary = out.logits, out.summary
+        if run.logits_hook is not None:
+            logits = run.logits_hook(i, run.x, logits)
         if cfg.alg is DreamAlg.ORIGIN:
             u = ops.uniform(run.flat_index, cfg.seed, run.step, Stream.TRANSFER)
             select = masked & (u < P.dream_transfer_probability(ts, i))
@@ -281,7 +240,7 @@ def _dream(run: _Run, cfg: DreamConfig) -> None:
                 rows = run.rows(masked)
                 conf_rows, x0 = P.sample_tokens(run.take_rows(logits, rows), rows,
                                                 step=run.step, **sample)
-                confidence = run.spread(conf_rows, rows, NEG_INF, "f64")
+                confidence = run.spread(conf_rows, rows, NEG_INF, conf_rows.dtype)
                 tokens = run.spread(x0, rows, 0, "i64")
             confidence = ops.where(masked, confidence, NEG_INF)
             k = P.dream_transfer_count(total, run.b, ts, i)
@@ -293,10 +252,13 @@ def _dream(run: _Run, cfg: DreamConfig) -> None:
                                               run.step, ops)
             else:
                 select = P.top_k_mask(confidence, ks, ops)
-            # Guard for rows with fewer masks than the batch-mean k: the reference would
-            # write the mask id over committed tokens there; we leave them alone.
+            # Deliberate deviation: k is the batch-mean count, so a row with fewer masks
+            # than k has -inf positions among its top k; the reference then writes the mask
+            # id over the (committed or prompt) tokens there. We leave them alone.
             select = select & masked
         run.commit(select, tokens, masked, logits=logits, summary=summary)
+        if run.tokens_hook is not None:
+            run.x = run.tokens_hook(i, run.x, logits)
 
 
 def _random_commit(run: _Run, cfg: RandomCommitConfig) -> None:
@@ -338,16 +300,37 @@ def generate(
     recorder: TrajectoryRecorder | None = None,
     on_step: Callable[[StepEvent], None] | None = None,
     ops: ArrayOps = NUMPY,
+    logits_hook: LogitsHook | None = None,
+    tokens_hook: TokensHook | None = None,
 ) -> DecodeResult:
     """Decode a batch of token-id prompts with the policy `config` describes.
 
-    `backend` takes and returns arrays of `ops`' namespace (numpy by default).
+    `backend` takes and returns arrays of `ops`' namespace (numpy by default). A Dream
+    config with num_return_sequences = n returns n rows per prompt, adjacent.
+
+    Hooks (Dream only, as in its generation_utils.py; arrays of `ops`' namespace):
+    `tokens_hook(None, x, None) -> x` once before the first step, then after each step's
+    commit `tokens_hook(step, x, logits) -> x`; `logits_hook(step, x, logits) -> logits`
+    on each step's aligned (B, S, V) logits before anything is chosen. `commit_step`
+    records only the loop's own commits. LLaDA's generate.py has no hooks: refused.
     """
     loop = _LOOPS.get(type(config))
     if loop is None:
         raise TypeError(f"no decode loop for {type(config).__name__}")
-    batch = left_pad(prompts, config.window, pad_id=config.pad_token,
-                     mask_id=config.mask_id, padding=config.padding)
-    run = _Run(backend, batch, config, ops, recorder, on_step)
+    if getattr(config, "decode", DecodeMode.EXACT) is not DecodeMode.EXACT:
+        if logits_hook is not None or tokens_hook is not None or ops is not NUMPY:
+            raise PolicyConfigError(f"decode={config.decode.value} runs on numpy arrays "
+                                    "without hooks; hooks and device arrays are for decode=exact")
+        from .fast import generate_fast
+
+        return generate_fast(backend, prompts, config, recorder=recorder, on_step=on_step)
+    if (logits_hook is not None or tokens_hook is not None) and loop is not _dream:
+        raise PolicyConfigError(f"logits_hook / tokens_hook are Dream's generation hooks; "
+                                f"the {config.policy} policy has none (LLaDA's reference "
+                                f"generate.py takes no hooks)")
+    batch = left_pad(expand_prompts(prompts, config), config.window,
+                     pad_id=config.pad_token, mask_id=config.mask_id, padding=config.padding)
+    run = _Run(backend, batch, config, ops, recorder, on_step, logits_hook=logits_hook,
+               tokens_hook=tokens_hook)
     loop(run, config)
     return run.result()

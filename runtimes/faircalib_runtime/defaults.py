@@ -64,9 +64,7 @@ def with_overrides(settings: dict[str, Any], *, policy: str | None = None,
         out["gen_length" if is_llada else "max_new_tokens"] = gen_length
         if is_llada and block_length is None and out["block_length"] > gen_length:
             out["block_length"] = gen_length
-    if block_length is not None:
-        if not is_llada:
-            raise PolicyConfigError("block_length applies to LLaDA only")
+    if block_length is not None:  # LLaDA's blocks; Dream's blocks in the fast modes
         out["block_length"] = block_length
     for key, value in (("steps", steps), ("temperature", temperature), *extra.items()):
         if value is not None:

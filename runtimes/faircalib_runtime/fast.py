@@ -1,7 +1,7 @@
 """Fast decoding: parallel commits by confidence threshold and a block-wise approximate
 KV cache, beside the exact reference loops of `decode.py`.
 
-Modes (`FastConfig.mode`):
+Modes (the `decode` field of the LLaDA and Dream configs):
 
     exact     the reference policies of decode.py, step for step (the default)
     parallel  Fast-dLLM's threshold rule inside each block: every masked position of the
@@ -11,7 +11,7 @@ Modes (`FastConfig.mode`):
     fast      both
 
 Blocks: LLaDA decodes its semi-autoregressive blocks (`block_length` of its config);
-Dream, which has none, is decoded in blocks of `FastConfig.block_length` with its schedule
+Dream, which has none, is decoded in blocks of its config's `block_length`, its schedule
 run inside each block (steps / blocks steps, the time grid per block, k from the block's
 masked count), as Fast-dLLM's Dream loop does. With one block spanning the window that is
 Dream's own schedule.
@@ -31,8 +31,9 @@ queries start one position before the block.
 Confidence for the threshold is the policy's own score mapped into (0, 1]: the chosen
 token's probability (LLaDA low_confidence, Dream maskgit_plus), the top-2 margin (Dream
 topk_margin), exp(negative entropy) (Dream entropy; monotone in the policy's score, so
-the order of commits is the policy's). Policies without a model score (LLaDA random
-remasking, Dream origin) and guidance have no fast mode.
+the order of commits is the policy's). LLaDA's random remasking has no model score, so it
+has the cached mode only; Dream's origin and alg_temp, which choose positions at random,
+and classifier-free guidance have no fast mode (the configs refuse them).
 
 Batches stop per sample: a sample is finished once every window position up to and
 including its first EOS is committed (nothing it has written can change any more, since
@@ -49,51 +50,21 @@ import numpy as np
 
 from . import policies as P
 from .backend import Backend, StepOutput, Summary, summarize, supports_cache, token_probability
-from .config import DreamAlg, DreamConfig, LLaDAConfig, PolicyConfig, PolicyConfigError, Remasking
-from .decode import Batch, DecodeResult, StepEvent, left_pad
-from .decode import generate as generate_exact
+from .batch import Batch, DecodeResult, StepEvent, expand_prompts, left_pad
+from .config import (
+    ConfidencePolicy,
+    DreamAlg,
+    DreamConfig,
+    LLaDAConfig,
+    PolicyConfigError,
+    Remasking,
+)
+from .rng import Stream
 from .trajectory import TrajectoryRecorder
 from .xp import NUMPY
 
-MODES = ("exact", "parallel", "cached", "fast")
-CACHE_MODES = ("prefix", "dual")
 REFRESH = ("block", "step")
 NEG_INF = float("-inf")
-
-
-@dataclass(frozen=True)
-class FastConfig:
-    """How to decode beyond the exact policy. The defaults are the project's defaults."""
-
-    mode: str = "exact"
-    threshold: float = 0.9  # tau of the parallel rule, in (0, 1]; above 1... see check
-    cache: str = "dual"
-    block_length: int = 32  # Dream's blocks in non-exact modes (LLaDA uses its own)
-    refresh: str = "block"  # when cached K/V are recomputed: "block" or "step"
-
-    def __post_init__(self) -> None:
-        for name, value, allowed in (("mode", self.mode, MODES),
-                                     ("cache", self.cache, CACHE_MODES),
-                                     ("refresh", self.refresh, REFRESH)):
-            if value not in allowed:
-                raise PolicyConfigError(f"{name} {value!r} is not one of {', '.join(allowed)}")
-        if not (isinstance(self.threshold, (int, float)) and 0 < self.threshold <= 1):
-            raise PolicyConfigError(f"threshold must be in (0, 1], got {self.threshold!r}")
-        if not isinstance(self.block_length, int) or self.block_length <= 0:
-            raise PolicyConfigError(f"block_length must be a positive integer, got "
-                                    f"{self.block_length!r}")
-
-    @property
-    def parallel(self) -> bool:
-        return self.mode in ("parallel", "fast")
-
-    @property
-    def cached(self) -> bool:
-        return self.mode in ("cached", "fast")
-
-    def to_dict(self) -> dict:
-        return {"mode": self.mode, "threshold": self.threshold, "cache": self.cache,
-                "block_length": self.block_length}
 
 
 @dataclass(frozen=True)
@@ -105,59 +76,35 @@ class FastResult(DecodeResult):
     positions_computed: int = 0  # sum over calls of batch rows x query positions
 
 
-def check(config: PolicyConfig, fast: FastConfig, backend: Backend | None = None) -> int:
-    """Refuse what a fast mode cannot do, with the reason; returns the block length."""
-    if isinstance(config, LLaDAConfig):
-        if config.cfg_scale > 0:
-            raise PolicyConfigError(f"{fast.mode} decoding does not support classifier-free "
-                                    "guidance (cfg_scale > 0); use --decode exact")
-        if fast.parallel and config.remasking is Remasking.RANDOM:
-            raise PolicyConfigError("the threshold rule needs a model confidence: LLaDA's "
-                                    "random remasking has none; use low_confidence")
-        block = config.block_length
-    elif isinstance(config, DreamConfig):
-        if config.alg is DreamAlg.ORIGIN:
-            raise PolicyConfigError(f"{fast.mode} decoding needs a confidence algorithm; "
-                                    "Dream's origin commits at random: use entropy, "
-                                    "maskgit_plus or topk_margin")
-        if config.alg_temp:
-            raise PolicyConfigError(f"{fast.mode} decoding selects by confidence; alg_temp "
-                                    "(sampled positions) is for --decode exact")
-        block = fast.block_length
-        if config.window % block:
-            raise PolicyConfigError(f"block length {block} does not divide the generation "
-                                    f"window of {config.window} tokens")
-        if not fast.parallel and config.steps % (config.window // block):
-            raise PolicyConfigError(f"steps {config.steps} is not a multiple of the number "
-                                    f"of blocks {config.window // block}")
-    else:
-        raise PolicyConfigError(f"{type(config).__name__} has no fast decoding mode")
-    if fast.cached and backend is not None and not supports_cache(backend):
-        raise PolicyConfigError(f"--cache {fast.cache} needs a backend with the cached graph; "
-                                f"{type(backend).__name__} has none (re-export the model "
-                                "with this version to get it)")
-    return block
-
-
-def generate(backend: Backend, prompts: Sequence[Sequence[int]], config: PolicyConfig,
-             fast: FastConfig = FastConfig(), *, recorder: TrajectoryRecorder | None = None,
-             on_step: Callable[[StepEvent], None] | None = None, **exact: object
-             ) -> DecodeResult:
-    """Decode with `fast.mode`; "exact" is `decode.generate` itself."""
-    if fast.mode == "exact":
-        return generate_exact(backend, prompts, config, recorder=recorder, on_step=on_step,
-                              **exact)
-    if exact:
-        raise PolicyConfigError(f"{', '.join(exact)} apply to --decode exact only")
-    block = check(config, fast, backend)
-    batch = left_pad(prompts, config.window, pad_id=config.pad_token, mask_id=config.mask_id,
-                     padding=config.padding)
-    run = _BlockRun(backend, batch, config, fast, block, recorder, on_step)
+def generate_fast(backend: Backend, prompts: Sequence[Sequence[int]], config: ConfidencePolicy,
+                  *, recorder: TrajectoryRecorder | None = None,
+                  on_step: Callable[[StepEvent], None] | None = None,
+                  refresh: str = "block", stop_finished: bool = True) -> FastResult:
+    """Decode with `config.decode` (parallel, cached or fast); `decode.generate` calls this
+    for those modes. `refresh="step"` recomputes the cache at every step (a test knob:
+    the predictions are then the exact loop's). `stop_finished=False` keeps finished
+    samples in the batch (for callers that need every row at every step)."""
+    if refresh not in REFRESH:
+        raise PolicyConfigError(f"refresh {refresh!r} is not one of {', '.join(REFRESH)}")
+    if config.cached and not supports_cache(backend):
+        raise PolicyConfigError(
+            f"decode={config.decode.value} needs a backend with the cached graph; "
+            f"{type(backend).__name__} has none (re-export the model with this version of "
+            "faircalib-export), or use decode=parallel")
+    batch = left_pad(expand_prompts(prompts, config), config.window, pad_id=config.pad_token,
+                     mask_id=config.mask_id, padding=config.padding)
+    run = _BlockRun(backend, batch, config, refresh, recorder, on_step)
+    run.stop_finished = stop_finished
     run.decode()
     return run.result()
 
 
-def threshold_score(config: PolicyConfig, confidence: np.ndarray) -> np.ndarray:
+def block_length(config: ConfidencePolicy) -> int:
+    """LLaDA's own blocks; Dream's fast-mode blocks (at most the window)."""
+    return config.blocks_of if isinstance(config, DreamConfig) else config.block_length
+
+
+def threshold_score(config: ConfidencePolicy, confidence: np.ndarray) -> np.ndarray:
     """The policy's confidence mapped into [0, 1] for the threshold (see module doc)."""
     if isinstance(config, DreamConfig) and config.alg is DreamAlg.ENTROPY:
         return np.exp(confidence)
@@ -165,10 +112,10 @@ def threshold_score(config: PolicyConfig, confidence: np.ndarray) -> np.ndarray:
 
 
 class _BlockRun:
-    def __init__(self, backend: Backend, batch: Batch, config: PolicyConfig, fast: FastConfig,
-                 block: int, recorder: TrajectoryRecorder | None, on_step: Callable | None):
-        self.backend, self.config, self.fast = backend, config, fast
-        self.block, self.recorder, self.on_step = block, recorder, on_step
+    def __init__(self, backend: Backend, batch: Batch, config: ConfidencePolicy, refresh: str,
+                 recorder: TrajectoryRecorder | None, on_step: Callable | None):
+        self.backend, self.config, self.refresh = backend, config, refresh
+        self.block, self.recorder, self.on_step = block_length(config), recorder, on_step
         self.x = batch.input_ids.copy()  # (B, S)
         self.b, self.s = self.x.shape
         self.p, self.pad = batch.prompt_width, batch.pad
@@ -178,6 +125,7 @@ class _BlockRun:
                           else np.broadcast_to(np.arange(self.s), (self.b, self.s)))
         self.shift = isinstance(config, DreamConfig)  # Dream models predict i from i - 1
         self.greedy = config.temperature == 0 and not getattr(config, "filters_logits", False)
+        self.float64 = config.float64_confidence
         self.eos = np.asarray(config.eos_ids, dtype=np.int64)
         self.active = np.arange(self.b)  # rows still decoding
         self.commit_step = np.full((self.b, self.s), -1, dtype=np.int64)
@@ -189,8 +137,12 @@ class _BlockRun:
 
     # -- model calls ---------------------------------------------------------------------
     def want(self):
-        needs_logits = self.recorder is not None and self.recorder.needs_logits
-        return "summary" if self.greedy and not needs_logits else "logits"
+        needs_logits = (self.recorder is not None and self.recorder.needs_logits
+                        or getattr(self.config, "logits_eos_inf", False)
+                        or getattr(self.config, "confidence_eos_eot_inf", False))
+        if not self.greedy or needs_logits:
+            return "logits"
+        return "summary64" if self.float64 else "summary"
 
     def _mask(self, rows: np.ndarray, cols: np.ndarray | slice) -> np.ndarray | None:
         return None if self.real is None else self.real[rows][:, cols]
@@ -212,7 +164,7 @@ class _BlockRun:
                                            self.positions[rows], None, self.want())
         start, end = self.block_range
         q0 = start - 1 if self.shift else start
-        q1 = end if self.fast.cache == "dual" else self.s
+        q1 = end if self.config.cache.value == "dual" else self.s
         kept = np.r_[0:q0, q1:self.s]  # positions whose K/V are reused
         self.cache_rows = rows
         self.queries = (q0, q1)
@@ -258,15 +210,21 @@ class _BlockRun:
         z = logits[r_idx, c_idx]  # (N, V)
         counters = rows[r_idx] * self.s + start + c_idx  # the exact loop's RNG counters
         if isinstance(cfg, LLaDAConfig):
+            if cfg.logits_eos_inf:
+                z = P.suppress(z, cfg.eos_ids[:1], NUMPY)
             x0 = P.llada_tokens(z, counters, z.shape[-1], cfg.temperature, cfg.seed,
                                 self.step, NUMPY)
-            c = P.llada_confidence(z, x0, counters, cfg.remasking, cfg.seed, self.step, NUMPY)
+            if cfg.confidence_eos_eot_inf:  # after x0, as generate.py does
+                z = P.suppress(z, P.llada_confidence_suppressed(cfg.eos_ids, cfg.temperature),
+                               NUMPY)
+            c = P.llada_confidence(z, x0, counters, cfg.remasking, cfg.seed, self.step, NUMPY,
+                                   float64=self.float64)
         else:
             c, x0 = P.sample_tokens(z, counters, temperature=cfg.temperature, top_p=cfg.top_p,
                                     top_k=cfg.top_k, alg=cfg.alg, seed=cfg.seed,
-                                    step=self.step, ops=NUMPY)
+                                    step=self.step, ops=NUMPY, float64=self.float64)
         token = np.zeros(masked.shape, dtype=np.int64)
-        conf = np.full(masked.shape, NEG_INF)
+        conf = np.full(masked.shape, NEG_INF, dtype=np.asarray(c).dtype)
         token[r_idx, c_idx], conf[r_idx, c_idx] = x0, c
         stats = summarize(logits) if self.recorder is not None else None
         ref = None
@@ -276,8 +234,6 @@ class _BlockRun:
         return token, conf, stats, ref
 
     def _uniform(self, rows, start, end):
-        from .rng import Stream
-
         counters = rows[:, None] * self.s + np.arange(start, end)[None, :]
         return NUMPY.uniform(counters, self.config.seed, self.step, Stream.REMASK_RANDOM)
 
@@ -285,7 +241,7 @@ class _BlockRun:
         """(R, L) commit set: by threshold (at least the best one) or the top `count`."""
         if count is None:
             best = P.top_k_mask(conf, np.ones(len(conf), dtype=np.int64), NUMPY)
-            pick = (threshold_score(self.config, conf) >= self.fast.threshold) | best
+            pick = (threshold_score(self.config, conf) >= self.config.threshold) | best
         else:
             pick = P.top_k_mask(conf, count, NUMPY)
         return pick & (conf > NEG_INF)
@@ -308,8 +264,8 @@ class _BlockRun:
                 rows = self.active
                 if not (self.x[rows, start:end] == cfg.mask_id).any():
                     break
-                if self.fast.cached:
-                    refresh = j == 0 or self.fast.refresh == "step"
+                if cfg.cached:
+                    refresh = j == 0 or self.refresh == "step"
                     out, offset = self.boundary(rows) if refresh else self.cached(rows)
                 else:
                     out, offset = self.full(rows)
@@ -326,7 +282,7 @@ class _BlockRun:
     def schedule(self, start: int, end: int, steps: int):
         """None for the threshold rule, else a function giving this step's counts (R,)."""
         cfg = self.config
-        if self.fast.parallel:
+        if cfg.parallel:
             return None
         masks = (self.x[:, start:end] == cfg.mask_id).sum(axis=1)  # (B,)
         if isinstance(cfg, LLaDAConfig):
@@ -376,9 +332,13 @@ class _BlockRun:
             neg_entropy=spread(stats.neg_entropy if stats else None, nan, np.float64),
             ref_prob=None if ref is None else spread(ref, nan, np.float64))
 
+    stop_finished = True
+
     def finish_done_rows(self) -> None:
         """Rows whose text is final leave the batch; their masks become EOS."""
         cfg = self.config
+        if not self.stop_finished:
+            return
         window = self.x[self.active, self.p:]
         is_eos = np.isin(window, self.eos)
         has_eos = is_eos.any(axis=1)

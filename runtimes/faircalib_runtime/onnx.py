@@ -3,7 +3,8 @@
 `open_exported(dir)` reads `runtime.json` (written by `faircalib-export export`) and
 returns the backend, a tokenizer adapter and the decoding defaults, so an edge machine
 needs nothing but this package, numpy, onnxruntime and tokenizers. Greedy steps fetch
-only the summary outputs (token, prob, margin, neg_entropy), never the logits.
+only the summary outputs (token, prob, margin, neg_entropy), never the logits. Exports
+whose runtime.json has a "cache" field also run cached steps (`forward_cached`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .backend import StepOutput, Summary, Want
+from .backend import PAST_LAYOUT, CachedStep, StepOutput, Summary, Want, step_output
 from .config import PolicyConfig, PolicyConfigError
 from .defaults import policy_config, with_overrides
 
@@ -108,7 +109,29 @@ def validate_runtime_config(config: Any, file: str | Path) -> dict:
     if not (isinstance(session_config, dict)
             and all(isinstance(v, str) for v in session_config.values())):
         raise bad("ort_session_config", "must map setting names to strings")
+    if config.get("cache") is not None:
+        _validate_cache(config["cache"], deploy, bad)
     return config
+
+
+def _validate_cache(cache: Any, deploy: dict, bad) -> None:
+    """runtime.json's "cache": {"input", "output": tensor names, "layout": PAST_LAYOUT,
+    "shape": [layers, 2, null, kv_heads, null, head_dim]} (null: varies per call)."""
+    if not (isinstance(cache, dict) and all(isinstance(cache.get(k), str) and cache[k]
+                                            for k in ("input", "output"))):
+        raise bad("cache", "must name the graph's past and present tensors ('input', 'output')")
+    if cache.get("layout") != list(PAST_LAYOUT):
+        raise bad("cache.layout", f"is {cache.get('layout')!r}, expected {list(PAST_LAYOUT)}")
+    shape = cache.get("shape")
+    if not (isinstance(shape, list) and len(shape) == 6 and shape[1] == 2
+            and shape[2] is None and shape[4] is None
+            and all(_is_int(shape[i]) and shape[i] > 0 for i in (0, 3, 5))):
+        raise bad("cache.shape", f"is {shape!r}, expected [layers, 2, null, kv_heads, null, "
+                                 f"head_dim] with positive integers")
+    for i, key in ((0, "num_layers"), (3, "num_kv_heads")):
+        if _is_int(deploy.get(key)) and deploy[key] != shape[i]:
+            raise bad("cache.shape", f"has {shape[i]} {PAST_LAYOUT[i]}, but deploy_config's "
+                                     f"{key} is {deploy[key]}")
 
 
 def read_runtime_config(directory: str | Path) -> dict:
@@ -152,7 +175,42 @@ class OnnxBackend:
                               ) from err
         self.summary_names = list(self.config["outputs"]["summary"])
         self._check_outputs()
-        self.calls = {"logits": 0, "summary": 0}
+        self.cache = self.config.get("cache")  # None: an export without the KV cache
+        self._check_cache()
+        self.calls = {"logits": 0, "summary": 0, "summary64": 0}
+
+    @property
+    def supports_cache(self) -> bool:
+        return self.cache is not None
+
+    def _check_cache(self) -> None:
+        """The graph has the cache tensors runtime.json names, of its recorded shape."""
+        if self.cache is None:
+            return
+        graph = {t.name: t.shape for t in [*self.session.get_inputs(),
+                                           *self.session.get_outputs()]}
+        for role in ("input", "output"):
+            name = self.cache[role]
+            if name not in graph:
+                raise ExportError(f"{self.directory / RUNTIME_JSON}: field 'cache' names the "
+                                  f"{role} {name!r}, which {self.config['model_file']} lacks")
+            dims = graph[name] or []
+            if len(dims) != 6 or any(isinstance(d, int) and w is not None and d != w
+                                     for d, w in zip(dims, self.cache["shape"], strict=True)):
+                raise ExportError(f"{self.directory / RUNTIME_JSON}: field 'cache' gives the "
+                                  f"shape {self.cache['shape']}, but {name} is {dims}")
+
+    def _past(self, batch: int, past: np.ndarray | None) -> np.ndarray:
+        """The past (L, 2, B, G, K, D) float32 fed to the graph; K = 0 when None."""
+        layers, two, _, kv_heads, _, head_dim = self.cache["shape"]
+        if past is None:
+            return np.zeros((layers, two, batch, kv_heads, 0, head_dim), np.float32)
+        past = np.ascontiguousarray(past, dtype=np.float32)
+        if past.ndim != 6 or past.shape[:4] != (layers, two, batch, kv_heads) \
+                or past.shape[5] != head_dim:
+            raise ValueError(f"past has shape {past.shape}, expected ({layers}, 2, {batch}, "
+                             f"{kv_heads}, keys, {head_dim}) ({', '.join(PAST_LAYOUT)})")
+        return past
 
     def _check_outputs(self) -> None:
         """The graph has the outputs runtime.json names, its logits vocab_size wide."""
@@ -180,14 +238,50 @@ class OnnxBackend:
             "position_ids": (np.broadcast_to(np.arange(s, dtype=np.int64), (b, s)).copy()
                              if position_ids is None else position_ids.astype(np.int64)),
         }
+        if self.cache is not None:  # a graph with the cache: no past, a plain forward
+            feeds[self.cache["input"]] = self._past(b, None)
         self.calls[want] += 1
-        if want == "summary":
-            token, prob, margin, neg_entropy = self.session.run(self.summary_names, feeds)
-            return StepOutput(summary=Summary(token.astype(np.int64), prob.astype(np.float64),
-                                              margin.astype(np.float64),
-                                              neg_entropy.astype(np.float64)))
-        (logits,) = self.session.run([self.config["outputs"]["logits"]], feeds)
-        return StepOutput(logits=logits)
+        return self._output(self.session.run(self._names(want), feeds), want)
+
+    def _names(self, want: Want) -> list[str]:
+        """The graph outputs `want` needs: its summaries are float32 (the model's dtype),
+        so float64 summaries ("summary64") are computed on the host from the logits."""
+        return self.summary_names if want == "summary" else [self.config["outputs"]["logits"]]
+
+    def _output(self, outputs: list[np.ndarray], want: Want) -> StepOutput:
+        if want == "summary":  # kept float32: the top-k runs on the graph's own values
+            token, prob, margin, neg_entropy = outputs
+            return StepOutput(summary=Summary(token.astype(np.int64), prob, margin,
+                                              neg_entropy))
+        return step_output(outputs[0], want)
+
+    def forward_cached(self, input_ids: np.ndarray, key_mask: np.ndarray | None,
+                       position_ids: np.ndarray, past: np.ndarray | None,
+                       want: Want) -> CachedStep:
+        """The queries (B, Q) attending to `past` (L, 2, B, G, K, D) and to themselves; see
+        the cached contract in `backend`."""
+        if self.cache is None:
+            raise ExportError(f"{self.directory} was exported without the KV cache (its "
+                              f"{RUNTIME_JSON} has no 'cache' field), so it runs uncached "
+                              f"only; re-export it with this version of faircalib-export "
+                              f"for cached decoding")
+        b, q = input_ids.shape
+        past = self._past(b, past)
+        keys = past.shape[4] + q
+        if key_mask is not None and key_mask.shape != (b, keys):
+            raise ValueError(f"key_mask has shape {key_mask.shape}, expected ({b}, {keys}): "
+                             f"past keys then queries")
+        feeds = {
+            "input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
+            "attention_mask": (np.ones((b, keys), np.int64) if key_mask is None
+                               else key_mask.astype(np.int64)),
+            "position_ids": np.ascontiguousarray(position_ids, dtype=np.int64),
+            self.cache["input"]: past,
+        }
+        *outputs, present = self.session.run([*self._names(want), self.cache["output"]],
+                                             feeds)
+        self.calls[want] += 1
+        return CachedStep(self._output(outputs, want), present)
 
 
 class ExportedTokenizer:

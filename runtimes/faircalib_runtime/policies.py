@@ -6,7 +6,16 @@ that call them live in `decode.py`. Shapes: B batch, S sequence, V vocabulary, N
 which is also the counter of their random draws, see `rng.py`).
 
 Tie rule, shared by every path: among equal values the lowest index wins (first argmax,
-stable descending sort).
+stable descending sort). The references' `torch.topk` does not specify which of equal
+values it keeps (on CPU an arbitrary, size-dependent subset; see `xp`), so where equal
+confidences straddle the k-th place our commit set is the reference's up to that choice.
+Equal confidences are common in the model's dtype: every probability within half an ulp of
+1 is 1.0 (float32: p > 1 - 6e-8; bfloat16: p > 1 - 2e-3).
+
+Precision (`float64` arguments, from the config's `confidence_dtype`): True computes
+softmax, probabilities, margins and entropies in float64 (LLaDA's earlier generate.py and
+this runtime's historical behaviour); False keeps the logits' dtype, as the current LLaDA
+and Dream loops do. Gumbel-max noise is float64 either way (LLaDA's add_gumbel_noise).
 """
 
 from __future__ import annotations
@@ -80,29 +89,54 @@ def llada_tokens(logits: Array, rows: Array, vocab: int, temperature: float, see
 
 
 def llada_confidence(logits: Array, x0: Array, rows: Array, remasking: Remasking,
-                     seed: int, step: int, ops: ArrayOps) -> Array:
+                     seed: int, step: int, ops: ArrayOps, float64: bool = True) -> Array:
     """(N,) confidence of x0: its softmax probability, or uniform noise for `random`."""
     if remasking is Remasking.RANDOM:
         return ops.uniform(rows, seed, step, Stream.REMASK_RANDOM)
-    return ops.gather(softmax(ops, logits), x0[:, None])[:, 0]
+    return ops.gather(softmax(ops, logits, float64), x0[:, None])[:, 0]
 
 
-def cfg_combine(cond: Array, uncond: Array, cfg_scale: float, ops: ArrayOps) -> Array:
-    """Classifier-free guidance in float64: un + (cfg + 1) * (cond - un)."""
-    un = ops.f64(uncond)
-    return un + (cfg_scale + 1.0) * (ops.f64(cond) - un)
+def llada_confidence_suppressed(eos_ids: tuple[int, ...], temperature: float
+                                ) -> tuple[int, ...]:
+    """Ids whose logits are -inf in the confidence softmax with `confidence_eos_eot_inf`.
+
+    generate.py runs `logits_with_noise[:, :, EOS] = logits[:, :, EOT] = -torch.inf`
+    after x0 is chosen. At temperature 0 `add_gumbel_noise` returns `logits` itself, so
+    both assignments hit the tensor the softmax reads: EOS and EOT are suppressed. At
+    temperature > 0 `logits_with_noise` is a new float64 tensor, so only EOT is. (A chosen
+    x0 that is suppressed keeps confidence 0, not -inf, and can still be committed.)
+    EOS is eos_ids[0], EOT the other eos_ids (the reference's 126081 and 126348).
+    """
+    return tuple(eos_ids) if temperature == 0 else tuple(eos_ids[1:])
+
+
+def suppress(logits: Array, ids: tuple[int, ...], ops: ArrayOps) -> Array:
+    """logits (N, V) with the columns `ids` set to -inf (out of place, same dtype)."""
+    if not ids:
+        return logits
+    hit = ops.full((logits.shape[-1],), False, "bool")
+    hit[list(ids)] = True
+    return ops.where(hit[None, :], NEG_INF, logits)
+
+
+def cfg_combine(cond: Array, uncond: Array, cfg_scale: float, ops: ArrayOps,
+                float64: bool = True) -> Array:
+    """Classifier-free guidance un + (cfg + 1) * (cond - un), in float64 or (float64=False)
+    in the logits' dtype as generate.py computes it."""
+    un = ops.f64(uncond) if float64 else uncond
+    return un + (cfg_scale + 1.0) * ((ops.f64(cond) if float64 else cond) - un)
 
 
 # --- Dream ----------------------------------------------------------------------------
 
-def top_p_filter(z: Array, top_p: float, ops: ArrayOps) -> Array:
-    """Nucleus filter on float64 logits (N, V): drop tokens past cumulative prob top_p.
+def top_p_filter(z: Array, top_p: float, ops: ArrayOps, float64: bool = True) -> Array:
+    """Nucleus filter on logits (N, V): drop tokens past cumulative prob top_p.
 
     The removal mask is shifted right by one so the token that crosses the threshold
     (and always the most likely one) is kept.
     """
     sorted_z, order = ops.sort_desc(z)  # (N, V)
-    remove = ops.cumsum(softmax(ops, sorted_z)) > top_p  # (N, V), in sorted order
+    remove = ops.cumsum(softmax(ops, sorted_z, float64)) > top_p  # (N, V), in sorted order
     shifted = ops.full(remove.shape, False, "bool")  # column 0 is never removed
     shifted[:, 1:] = remove[:, :-1]
     drop = ops.scatter(ops.full(z.shape, False, "bool"), order, shifted)  # back to vocab order
@@ -117,18 +151,22 @@ def top_k_filter(z: Array, top_k: int, ops: ArrayOps) -> Array:
 
 def sample_tokens(logits: Array, rows: Array, *, temperature: float, top_p: float | None,
                   top_k: int | None, alg: DreamAlg, seed: int, step: int,
-                  ops: ArrayOps) -> tuple[Array, Array]:
-    """Dream's sample_tokens on rows (N, V) -> (confidence (N,) f64, x0 (N,) int64)."""
-    z = ops.f64(logits)
+                  ops: ArrayOps, float64: bool = True) -> tuple[Array, Array]:
+    """Dream's sample_tokens on rows (N, V) -> (confidence (N,), x0 (N,) int64).
+
+    The confidence is float64, or (float64=False) in the logits' dtype like the reference,
+    whose x0 is then `probs.max(-1)`: the first of the tokens whose probabilities tie.
+    """
+    z = ops.f64(logits) if float64 else logits
     if temperature > 0:
         z = z / temperature
     if top_p is not None and top_p < 1:
-        z = top_p_filter(z, top_p, ops)
+        z = top_p_filter(z, top_p, ops, float64)
     if top_k:
         z = top_k_filter(z, top_k, ops)
-    probs = softmax(ops, z)  # (N, V)
-    if temperature > 0:
-        x0 = categorical(probs, rows, seed, step, ops)
+    probs = softmax(ops, z, float64)  # (N, V)
+    if temperature > 0:  # our own draw, from the float64 cumulative sum
+        x0 = categorical(ops.f64(probs), rows, seed, step, ops)
         confidence = ops.gather(probs, x0[:, None])[:, 0]
     else:
         x0 = ops.argmax(probs)
@@ -142,18 +180,22 @@ def sample_tokens(logits: Array, rows: Array, *, temperature: float, top_p: floa
 
 
 def dream_timesteps(steps: int, eps: float) -> np.ndarray:
-    """(steps + 1,) float32 grid from 1 to eps, as torch.linspace computes it.
+    """(steps + 1,) float32 grid from 1 to eps, bit for bit `torch.linspace(1, eps, n)`.
 
-    torch fills the first half forward from `start` and the second half backward from
-    `end` with a float32 step; reproducing that keeps k (an int() of float32 products)
-    identical to the reference.
+    torch's CPU kernel takes a float32 step = (f32(eps) - 1) / f32(n - 1), fills the first
+    n // 2 entries forward, start + step * i, and the rest backward from the end,
+    end - step * (n - 1 - i), each with a fused multiply-add: rounded to float32 once.
+    float64 evaluates those products and sums exactly (24-bit operands, i < 2**29, eps >=
+    2**-29), so rounding the float64 result once reproduces the FMA; a float32 multiply
+    then add rounds twice and differs for most step counts. The grid matters because k
+    is int(mean masked count * (1 - s/t)) in float32.
     """
     n = steps + 1
     start, end = np.float32(1.0), np.float32(eps)
-    delta = (end - start) / np.float32(n - 1)
-    idx = np.arange(n, dtype=np.float32)
-    forward = start + delta * idx
-    backward = end - delta * (np.float32(n - 1) - idx)
+    step = np.float64((end - start) / np.float32(n - 1))
+    i = np.arange(n, dtype=np.float64)
+    forward = np.float64(start) + step * i
+    backward = np.float64(end) - step * (n - 1 - i)
     return np.where(np.arange(n) < n // 2, forward, backward).astype(np.float32)
 
 

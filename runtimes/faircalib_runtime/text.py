@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from .backend import Backend
+from .batch import DecodeResult
 from .config import PolicyConfig
-from .decode import DecodeResult, generate
+from .decode import generate
 
 
 class TextDecoder:

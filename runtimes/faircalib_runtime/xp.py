@@ -8,7 +8,16 @@ through the shim; indexing, arithmetic, comparisons and `&`/`|`/`~` are used dir
 Conventions shared by both implementations (they are what makes the two paths agree):
 - reductions and sorts act on the last axis;
 - ties in sorts and argmax resolve to the lowest index (stable sort, first maximum);
-- "f64" math is IEEE float64; integers are int64; masks are bool.
+- "f64" math is IEEE float64; integers are int64; masks are bool; other float math runs
+  in the dtype of its input (the model's: float32, or bfloat16 on torch).
+
+The references select with `torch.topk`, whose documentation says nothing about which of
+equal values it returns; on CPU it runs std::partial_sort (k * 64 <= n) or
+std::nth_element over (value, index) pairs compared by value only, so among ties it returns
+an arbitrary, size-dependent subset (e.g. k = 3 of 64 equal values gives indices 42-44), and
+CUDA's radix select differs again. We keep one rule everywhere: lowest index first, i.e.
+`torch.sort(values, descending=True, stable=True).indices[:k]`. It changes nothing unless
+equal values straddle the k-th place.
 """
 
 from __future__ import annotations
@@ -28,10 +37,12 @@ class ArrayOps(Protocol):
     def asarray(self, a: np.ndarray) -> Array: ...  # host numpy -> native (same dtype)
     def to_numpy(self, a: Array) -> np.ndarray: ...
     def arange(self, n: int) -> Array: ...  # (n,) int64
-    def full(self, shape: tuple[int, ...], value: float | int | bool, dtype: str) -> Array: ...
+    def full(self, shape: tuple[int, ...], value: float | int | bool, dtype) -> Array: ...
+    # dtype: "f64" | "i64" | "bool", or a native dtype (an array's .dtype)
     def f64(self, a: Array) -> Array: ...
     def i64(self, a: Array) -> Array: ...
     def exp(self, a: Array) -> Array: ...
+    def softmax(self, a: Array) -> Array: ...  # last axis, in a's dtype, as the library does
     def log(self, a: Array) -> Array: ...
     def where(self, cond: Array, a: Array | float, b: Array | float) -> Array: ...
     def sum(self, a: Array) -> Array: ...  # last axis
@@ -49,8 +60,13 @@ class ArrayOps(Protocol):
     def uniform(self, counter: Array, seed: int, step: int, stream: int) -> Array: ...
 
 
-def softmax(ops: ArrayOps, logits: Array) -> Array:
-    """float64 softmax over the last axis."""
+def softmax(ops: ArrayOps, logits: Array, float64: bool = True) -> Array:
+    """Softmax over the last axis: in float64, or (float64=False) in the logits' own dtype,
+    computed as the array library computes it (torch.softmax on torch: what the reference
+    loops run; numpy: exp(z - max) times 1 / sum, which is how torch's and ONNX Runtime's
+    CPU kernels normalize)."""
+    if not float64:
+        return ops.softmax(logits)
     z = ops.f64(logits)
     e = ops.exp(z - ops.amax(z)[..., None])
     return e / ops.sum(e)[..., None]
@@ -72,7 +88,7 @@ class NumpyOps:
         return np.arange(n, dtype=np.int64)
 
     def full(self, shape, value, dtype):
-        return np.full(shape, value, dtype=_DTYPES[dtype])
+        return np.full(shape, value, dtype=_DTYPES.get(dtype, dtype))
 
     def f64(self, a):
         return np.asarray(a, dtype=np.float64)
@@ -82,6 +98,10 @@ class NumpyOps:
 
     def exp(self, a):
         return np.exp(a)
+
+    def softmax(self, a):
+        e = np.exp(a - np.max(a, axis=-1, keepdims=True))
+        return e * (1 / np.sum(e, axis=-1, keepdims=True))
 
     def log(self, a):
         return np.log(a)

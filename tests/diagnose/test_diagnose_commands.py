@@ -104,3 +104,28 @@ def test_explicit_seed_groups_and_errors(setup, tmp_path):
                               "--data", "task:chain", "--seed-group", "A", "--seed-group", "B"])
     assert bad.exit_code != 0 and "one label per student" in str(bad.exception)
     assert not (tmp_path / "x").exists()
+
+
+def test_diagnose_under_parallel_commits(setup, tmp_path):
+    """--decode parallel: the teacher commits several positions per step (threshold rule),
+    every one of them is still a measured commit, and in fewer steps than exact decoding."""
+    _, teacher, (s0, _), _ = setup
+    out = tmp_path / "par"
+    invoke("diagnose", "--teacher", teacher, "--student", s0, "-o", out, "--data",
+           "task:chain", "--samples", "2", "--batch-size", "2", "--window", "8", "--steps",
+           "8", "--decode", "parallel", "--threshold", "0.001")
+    rep = json.loads((out / "diagnose.json").read_text())
+    assert rep["policy"]["decode"] == "parallel" and rep["policy"]["threshold"] == 0.001
+    tf = rep["teacher_forced"]["rtn-s0"]
+    assert tf["commits_per_seq"]["mean"] == 8  # every position still written once
+    # exp(-entropy) >= 1 / vocab > tau: the whole window (one block of 8) in one step
+    assert len(rep["divergence"]["rtn-s0"]["mse_prob"]["mean"]) == 1
+
+
+def test_diagnose_refuses_cached_modes(setup, tmp_path):
+    _, teacher, (s0, _), _ = setup
+    result = runner.invoke(app, ["diagnose", "--teacher", str(teacher), "--student", str(s0),
+                                 "-o", str(tmp_path / "c"), "--data", "task:chain",
+                                 "--decode", "cached"])
+    assert result.exit_code != 0
+    assert "full predictions" in str(result.exception)

@@ -40,9 +40,10 @@ def test_graph_contract(exported):
     assert len(int4) == 7 * 2  # every block linear of both blocks
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("QuantizeLinear") == 4 * 2  # one per site per block
-    assert [i.name for i in model.graph.input] == ["input_ids", "attention_mask", "position_ids"]
+    assert [i.name for i in model.graph.input] == ["input_ids", "attention_mask", "position_ids",
+                                                   "past_key_values"]
     assert {o.name for o in model.graph.output} == {"logits", "token", "prob", "margin",
-                                                    "neg_entropy"}
+                                                    "neg_entropy", "present_key_values"}
     fp16 = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16}
     assert fp16 == {"embed.weight", "lm_head.weight"}
 
@@ -74,6 +75,23 @@ def test_greedy_decode_uses_summaries_and_matches_pytorch(exported):
 
     torch_result = generate(TorchBackend(load_deployed(deploy)), prompts, config)
     assert np.array_equal(onnx_result.tokens, torch_result.tokens)
+
+
+def test_summary_dtypes(exported):
+    """"summary" keeps the graph's float32 statistics; "summary64" is float64 from the
+    logits, summarized on the host."""
+    from faircalib_runtime import summarize
+
+    _, out = exported
+    backend = OnnxBackend(out)
+    ids, mask, pos = (t.numpy() for t in padded_batch())
+    s = backend.forward(ids, mask, pos, "summary").summary
+    assert s.prob.dtype == s.margin.dtype == s.neg_entropy.dtype == np.float32
+    s64 = backend.forward(ids, mask, pos, "summary64").summary
+    expected = summarize(backend.forward(ids, mask, pos, "logits").logits)
+    for name in ("token", "prob", "margin", "neg_entropy"):
+        assert np.array_equal(getattr(s64, name), getattr(expected, name)), name
+    assert backend.calls == {"logits": 1, "summary": 1, "summary64": 1}
 
 
 def test_external_data_and_missing_file(exported, tmp_path):

@@ -69,3 +69,28 @@ def test_validate_refuses_other_tokenizer(exported, tmp_path, capsys):
     (bad / "tokenizer.json").write_text(json.dumps(tok))
     code, text = _validate(capsys, "--reference", str(art), "--exported", str(bad))
     assert code == 2 and "tokenizer" in text
+
+
+@pytest.mark.parametrize("mode", ["fast", "cached"])
+def test_validate_in_a_fast_mode_compares_both_sides_in_it(exported, tmp_path, capsys, mode):
+    """Both sides decode in the fast mode (the cached ONNX graph against the cached
+    PyTorch model) and the report adds each one's fast mode against its exact loop."""
+    _, art, onnx_dir = exported
+    code, text = _validate(capsys, "--reference", str(art), "--exported", str(onnx_dir),
+                           "--decode", mode, "--threshold", "0.5", "-o", str(tmp_path))
+    assert code == 0, text
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["policy"]["decode"] == mode
+    assert report["metrics"]["decode_identical_rate"] == 1.0
+    for side in ("reference", "exported"):
+        fast = report["fast_vs_exact"][side]
+        assert fast["decode"] == mode and 0 <= fast["token_agreement"] <= 1
+        assert fast["steps"]["exact"] == 4
+    assert f"decode {mode}" in (tmp_path / "report.md").read_text()
+
+
+def test_validate_refuses_a_bad_threshold(exported, capsys):
+    _, art, onnx_dir = exported
+    code, text = _validate(capsys, "--reference", str(art), "--exported", str(onnx_dir),
+                           "--decode", "parallel", "--threshold", "1.5")
+    assert code == 2 and "threshold must be in (0, 1]" in text

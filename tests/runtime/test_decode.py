@@ -52,7 +52,9 @@ def test_greedy_requests_only_summaries_and_is_deterministic(cfg):
     a = generate(backend, PROMPTS, cfg)
     b = generate(SummaryOnlyBackend(V, MASK), PROMPTS, cfg)
     np.testing.assert_array_equal(a.tokens, b.tokens)
-    assert backend.wants and set(backend.wants) == {"summary"}
+    # float64 summaries for policies pinned to float64 (random_commit has no confidence)
+    assert backend.wants and set(backend.wants) == {
+        "summary64" if cfg.float64_confidence else "summary"}
     assert (a.window != MASK).all()
     # The full-logits path (forced here by asking for reference-token probabilities)
     # makes the same decisions as the summary path.

@@ -7,8 +7,7 @@ import pytest
 from cached_mock import ToyCachedModel
 
 from faircalib_runtime import DreamConfig, LLaDAConfig, PolicyConfigError, generate
-from faircalib_runtime.fast import FastConfig, FastResult, check
-from faircalib_runtime.fast import generate as generate_fast
+from faircalib_runtime.fast import FastResult, generate_fast
 
 V, MASK, EOS, EOT = 48, 47, 0, 1
 PROMPTS = [[5, 6, 7, 8, 9], [10, 11, 12], [13, 14, 15, 16]]  # left padding in the batch
@@ -28,8 +27,9 @@ def model(cfg, **kw):
     return ToyCachedModel(V, mask_id=MASK, shift=isinstance(cfg, DreamConfig), **kw)
 
 
-def fast_config(mode, **kw):
-    return FastConfig(mode=mode, **kw)
+def fast(cfg, mode, **kw):
+    """The same policy run in another decode mode."""
+    return cfg.__class__.from_dict({**cfg.to_dict(), "decode": mode, **kw})
 
 
 @pytest.mark.parametrize("cache", ["prefix", "dual"])
@@ -39,9 +39,10 @@ def fast_config(mode, **kw):
 def test_cache_refreshed_every_step_gives_the_exact_tokens(cfg, cache):
     """With K/V recomputed at every step, the cached loop is the exact loop."""
     exact = generate(model(cfg), PROMPTS, cfg)
-    block = cfg.window  # Dream: one block = its own global schedule
-    out = generate_fast(model(cfg), PROMPTS, cfg, fast_config(
-        "cached", cache=cache, refresh="step", block_length=block))
+    dream_block = {"block_length": cfg.window} if isinstance(cfg, DreamConfig) else {}
+    # Dream in one block: its own global schedule
+    out = generate_fast(model(cfg), PROMPTS, fast(cfg, "cached", cache=cache, **dream_block),
+                        refresh="step")
     assert isinstance(out, FastResult)
     np.testing.assert_array_equal(out.window, exact.window)
     # without early stopping the commit steps agree too; stopped samples keep theirs
@@ -53,7 +54,7 @@ def test_cache_refreshed_every_step_gives_the_exact_tokens(cfg, cache):
 def test_stale_cache_computes_fewer_positions(cache):
     cfg = llada(gen_length=32, block_length=8, steps=32)
     toy = model(cfg)
-    out = generate_fast(toy, PROMPTS, cfg, fast_config("cached", cache=cache))
+    out = generate(toy, PROMPTS, fast(cfg, "cached", cache=cache))
     exact_positions = 32 * len(PROMPTS) * (5 + 32)  # steps x rows x sequence length
     assert out.positions_computed == toy.query_positions
     assert out.positions_computed < exact_positions * (0.5 if cache == "dual" else 0.8)
@@ -70,9 +71,8 @@ def test_stale_cache_is_an_approximation_not_a_copy():
     prompts = [[i + 2, i + 3, i + 4] for i in range(0, 30, 3)]
     diffs = 0
     for seed in range(3):
-        a = generate_fast(model(cfg, seed=seed), prompts, cfg,
-                          fast_config("cached", refresh="step"))
-        b = generate_fast(model(cfg, seed=seed), prompts, cfg, fast_config("cached"))
+        a = generate_fast(model(cfg, seed=seed), prompts, fast(cfg, "cached"), refresh="step")
+        b = generate_fast(model(cfg, seed=seed), prompts, fast(cfg, "cached"))
         diffs += int((a.window != b.window).sum())
     assert diffs > 0
 
@@ -82,9 +82,9 @@ def test_threshold_above_one_is_one_commit_per_step():
     decoding with steps = gen length."""
     cfg_one = llada(steps=16)
     exact = generate(model(cfg_one), PROMPTS, cfg_one)
-    fast = fast_config("parallel")
-    object.__setattr__(fast, "threshold", 1.5)  # beyond what users may set: the rule's limit
-    out = generate_fast(model(cfg_one), PROMPTS, cfg_one, fast)
+    parallel = fast(cfg_one, "parallel")
+    object.__setattr__(parallel, "threshold", 1.5)  # beyond what users may set: the limit
+    out = generate(model(cfg_one), PROMPTS, parallel)
     np.testing.assert_array_equal(out.window, exact.window)
     assert out.steps_per_block == [4, 4, 4, 4]
 
@@ -93,8 +93,8 @@ def test_parallel_commits_every_confident_position_and_at_least_one():
     cfg = llada(gen_length=32, block_length=8, steps=32)
     toy = model(cfg, sharp=30.0)  # a confident model: most positions are above tau
     committed = []
-    out = generate_fast(toy, PROMPTS, cfg, fast_config("parallel", threshold=0.6),
-                        on_step=lambda e: committed.append(int(e.committed.sum())))
+    out = generate(toy, PROMPTS, fast(cfg, "parallel", threshold=0.6),
+                   on_step=lambda e: committed.append(int(e.committed.sum())))
     assert all(c >= 1 for c in committed)
     assert max(committed) > len(PROMPTS)  # more than one commit per sample in some step
     assert sum(out.steps_per_block) == out.steps_run < 32
@@ -103,8 +103,7 @@ def test_parallel_commits_every_confident_position_and_at_least_one():
 
 def test_parallel_steps_fall_as_the_threshold_falls():
     cfg = llada(gen_length=32, block_length=8, steps=32)
-    steps = [generate_fast(model(cfg), PROMPTS, cfg,
-                           fast_config("fast", threshold=t)).steps_run
+    steps = [generate(model(cfg), PROMPTS, fast(cfg, "fast", threshold=t)).steps_run
              for t in (1.0, 0.9, 0.5, 0.1)]
     assert steps == sorted(steps, reverse=True) and steps[0] > steps[-1]
 
@@ -145,7 +144,7 @@ def test_finished_samples_leave_the_batch():
     first_tokens = {5: 2, 10: 30, 13: 30}  # sample 0 writes EOS at window position 2
     inner = model(cfg)
     backend = EosAfter(inner, first_tokens, prompt_width=5)
-    out = generate_fast(backend, PROMPTS, cfg, fast_config("parallel"))
+    out = generate(backend, PROMPTS, fast(cfg, "parallel"))
     assert out.generated[0] == out.window[0, :2].tolist()
     assert EOS not in out.generated[0]
     assert min(backend.rows_seen) < len(PROMPTS)  # sample 0 left the batch
@@ -155,27 +154,34 @@ def test_finished_samples_leave_the_batch():
 
 
 def test_bad_fast_settings_are_refused():
-    with pytest.raises(PolicyConfigError, match="threshold"):
-        FastConfig(mode="parallel", threshold=0)
-    with pytest.raises(PolicyConfigError, match="threshold"):
-        FastConfig(mode="parallel", threshold=1.2)
+    for tau in (0, -0.5, 1.2, float("nan"), True):
+        with pytest.raises(PolicyConfigError, match="threshold"):
+            llada(decode="parallel", threshold=tau)
     with pytest.raises(PolicyConfigError, match="cache"):
-        FastConfig(mode="cached", cache="suffix")
-    with pytest.raises(PolicyConfigError, match="divide"):
-        check(dream(max_new_tokens=16), FastConfig(mode="fast", block_length=5))
+        llada(decode="cached", cache="suffix")
+    with pytest.raises(PolicyConfigError, match="decode"):
+        llada(decode="turbo")
+    with pytest.raises(PolicyConfigError, match="does not divide"):
+        dream(decode="fast", block_length=5)
+    dream(block_length=5)  # exact Dream has no blocks: not its business
+    assert dream(decode="fast", block_length=64).blocks_of == 16  # at most the window
     with pytest.raises(PolicyConfigError, match="random remasking"):
-        check(llada(remasking="random"), FastConfig(mode="parallel"))
+        llada(remasking="random", decode="parallel")
+    llada(remasking="random", decode="cached")  # the schedule needs no confidence
     with pytest.raises(PolicyConfigError, match="origin"):
-        check(dream(alg="origin"), FastConfig(mode="cached"))
+        dream(alg="origin", decode="cached")
     with pytest.raises(PolicyConfigError, match="guidance"):
-        check(llada(cfg_scale=1.0), FastConfig(mode="parallel"))
+        llada(cfg_scale=1.0, decode="parallel")
 
     class NoCache:
         def forward(self, *a):  # pragma: no cover - never called
             raise AssertionError
 
     with pytest.raises(PolicyConfigError, match="cached graph"):
-        generate_fast(NoCache(), PROMPTS, llada(), FastConfig(mode="cached"))
+        generate(NoCache(), PROMPTS, llada(decode="cached"))
+    with pytest.raises(PolicyConfigError, match="hooks"):
+        generate(model(dream()), PROMPTS, dream(decode="parallel"),
+                 tokens_hook=lambda step, x, logits: x)
 
 
 @pytest.mark.parametrize("cache", ["prefix", "dual"])
@@ -184,13 +190,13 @@ def test_a_cached_step_on_a_fresh_cache_equals_the_full_forward(cfg, cache):
     """Right after the boundary forward the cached K/V are exact, so a cached step must
     reproduce the boundary's predictions at the block positions: this checks the query
     range (Dream's one-early start), the key mask over padded rows and the positions."""
-    from faircalib_runtime.decode import left_pad
+    from faircalib_runtime.batch import left_pad
     from faircalib_runtime.fast import _BlockRun
 
     batch = left_pad(PROMPTS, cfg.window, pad_id=cfg.pad_token, mask_id=MASK,
                      padding=cfg.padding)
-    run = _BlockRun(model(cfg), batch, cfg, FastConfig(mode="cached", cache=cache,
-                                                       block_length=4), 4, None, None)
+    cfg = fast(cfg, "cached", cache=cache, block_length=4)
+    run = _BlockRun(model(cfg), batch, cfg, "block", None, None)
     rows = np.arange(len(PROMPTS))
     for start in (run.p, run.p + 8):
         run.x[:, run.p:start] = 7  # earlier blocks finished

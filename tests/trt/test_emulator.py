@@ -29,7 +29,7 @@ from emulated_kernels import HARNESS, LIBRARY, EmulatedKernels, build, toolchain
 from helpers import padded_batch
 from onnx.reference import ReferenceEvaluator
 from trt_env import RUNTIME_DIR, tensorrt_include
-from trt_plugin_ops import evaluator
+from trt_plugin_ops import evaluator, graph_feeds
 
 from faircalib_export.fold.deployed import load_deployed
 from faircalib_export.trt import reference
@@ -131,8 +131,7 @@ def test_plugin_graph_on_the_emulated_kernels(emulator, deployed, tmp_path):
     out = write_plugin_onnx(deployed, tmp_path / "export", "rtx4090")
     model = onnx.load(str(out / "model.onnx"))
     ids, mask, pos = padded_batch()
-    feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(),
-             "position_ids": pos.numpy()}
+    feeds = graph_feeds(model, ids, mask, pos)
     kernels = EmulatedKernels(emulator / LIBRARY)
     logits, token = evaluator(model, kernels).run(["logits", "token"], feeds)
     ref_logits, ref_token = evaluator(model).run(["logits", "token"], feeds)
@@ -159,8 +158,7 @@ def test_plugin_graph_through_the_tensorrt_plugins(plugins, deployed, tmp_path):
     out = write_plugin_onnx(deployed, tmp_path / "export", "rtx4090")
     model = onnx.load(str(out / "model.onnx"))
     ids, mask, pos = padded_batch()
-    feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(),
-             "position_ids": pos.numpy()}
+    feeds = graph_feeds(model, ids, mask, pos)
     ops = emulated_plugins.plugin_ops(plugins)
     logits, token = ReferenceEvaluator(model, new_ops=ops).run(["logits", "token"], feeds)
     ref_logits, ref_token = evaluator(model).run(["logits", "token"], feeds)

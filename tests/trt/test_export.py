@@ -15,10 +15,10 @@ import pytest
 import torch
 from helpers import padded_batch
 from onnx import numpy_helper
-from trt_plugin_ops import evaluator
+from trt_plugin_ops import evaluator, graph_feeds
 
 from faircalib_export.errors import ConfigError, FaircalibError
-from faircalib_export.export.onnx_export import export_onnx
+from faircalib_export.export.onnx_export import CACHE_OUTPUT, export_onnx
 from faircalib_export.fold.deployed import load_deployed, read_deploy
 from faircalib_export.trt import reference
 from faircalib_export.trt.errors import PluginLibraryError, TensorRTUnavailableError
@@ -38,10 +38,8 @@ def plugin_export(deployed, tmp_path_factory):
 
 
 def _run(model_dir, names):
-    ids, mask, pos = padded_batch()
-    feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(),
-             "position_ids": pos.numpy()}
-    return evaluator(onnx.load(str(model_dir / "model.onnx"))).run(names, feeds)
+    model = onnx.load(str(model_dir / "model.onnx"))
+    return evaluator(model).run(names, graph_feeds(model, *padded_batch()))
 
 
 def test_graph_contract(plugin_export):
@@ -186,3 +184,22 @@ def test_plugin_library_is_loaded_once_per_process(tmp_path, monkeypatch):
     registry.registered = True  # creators already registered (e.g. by another library copy)
     trt_export.load_plugins(fake, tmp_path / "other.so")
     assert len(calls) == 2
+
+
+def test_plugin_graph_runs_cached_queries(plugin_export):
+    """The KV cache of the plugin graph: queries over the other positions' keys and values
+    give the uncached logits (the same rule as the ONNX export, tests/export)."""
+    deploy, out = plugin_export
+    model = onnx.load(str(out / "model.onnx"))
+    run = evaluator(model).run
+    ids, mask, pos = padded_batch()
+    logits, present = run(["logits", CACHE_OUTPUT], graph_feeds(model, ids, mask, pos))
+    _, ref_present = load_deployed(deploy)(ids, mask, pos, return_present=True)
+    assert np.abs(present - ref_present.numpy()).max() < 1e-5
+    a, b, n = 3, 11, ids.shape[1]
+    start = a - 1 if read_deploy(deploy)[0]["model_config"]["logit_shift"] else a
+    past = np.r_[0:start, b:n]
+    key_mask = torch.cat([mask[:, past], mask[:, start:b]], dim=1)
+    feeds = graph_feeds(model, ids[:, start:b], key_mask, pos[:, start:b], present[..., past, :])
+    (got,) = run(["logits"], feeds)
+    assert np.abs(got[:, a - start:] - logits[:, a:b]).max() < 1e-5

@@ -13,6 +13,7 @@ import numpy as np
 from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 
+from faircalib_export.export.onnx_export import CACHE_INPUT
 from faircalib_export.trt import reference
 from faircalib_export.trt.plugin_graph import PLUGIN_DOMAIN
 
@@ -49,3 +50,14 @@ def plugin_ops(impl=reference) -> list[type[OpRun]]:
 
 def evaluator(model, impl=reference) -> ReferenceEvaluator:
     return ReferenceEvaluator(model, new_ops=plugin_ops(impl))
+
+
+def graph_feeds(model, ids, mask, pos, past=None) -> dict[str, np.ndarray]:
+    """The graph's inputs from torch tensors; `past` (numpy) defaults to an empty one."""
+    if past is None:
+        graph_input = next(i for i in model.graph.input if i.name == CACHE_INPUT)
+        layers, two, _, kv_heads, _, head_dim = (
+            d.dim_value for d in graph_input.type.tensor_type.shape.dim)
+        past = np.zeros((layers, two, ids.shape[0], kv_heads, 0, head_dim), np.float32)
+    return {"input_ids": ids.numpy(), "attention_mask": mask.numpy(),
+            "position_ids": pos.numpy(), CACHE_INPUT: past}
