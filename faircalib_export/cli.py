@@ -271,6 +271,14 @@ def export(
         "--external-data/--inline-data",
         help="Weights in model.onnx.data beside the graph. Default: only above 1 GiB.")
     ] = None,
+    head_activations: Annotated[str, typer.Option(
+        help="LM head of the w4a4-int graph: float (fp32 MatMul) or int8 (per-token int8 "
+             "activations x the head's int4/int8 codes with MatMulInteger, about 4x cheaper; "
+             "needs fold --head-bits 4 or 8).")] = "float",
+    accuracy_level: Annotated[int | None, typer.Option(
+        help="MatMulNBits accuracy level of the weight-only graph: 0 unset, 1 fp32 (default: "
+             "exact W4A16), 2 fp16, 3 bf16, 4 int8 per block of 32 (faster for short "
+             "steps only).")] = None,
     engine: Annotated[bool, typer.Option(
         help="--format tensorrt: build the engine (needs tensorrt, the plugin library and a "
              "GPU; nothing is written where they are missing). --no-engine writes the plugin "
@@ -294,8 +302,9 @@ def export(
         raise FaircalibError(f"unknown export format {format!r}; use onnx or tensorrt")
     from .export.onnx_export import ExportOptions, export_onnx
 
-    path = export_onnx(deploy, out, ExportOptions(variant=variant, external_data=external_data),
-                       overwrite=overwrite)
+    options = ExportOptions(variant=variant, external_data=external_data,
+                            head_activations=head_activations, accuracy_level=accuracy_level)
+    path = export_onnx(deploy, out, options, overwrite=overwrite)
     size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
     console.print(f"wrote {variant} ONNX model {path} ({_mib(size)})")
 

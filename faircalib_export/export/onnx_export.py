@@ -26,6 +26,32 @@ With 16-bit activations the linears are DequantizeLinear(weights) + MatMul. Atte
 bidirectional with the pairwise padding mask of the PyTorch model. Embedding and head
 stay fp16 initializers unless folded smaller.
 
+LM head. By default (`head_activations="float"`) the head is a float32 MatMul on the
+head's table (fp16, or int4 / int8 codes x per-row scales), which ONNX Runtime folds into
+one float32 weight at load: the head costs 4 bytes per weight resident and an fp32 GEMM.
+`head_activations="int8"` (w4a4-int only, a head folded to 4 or 8 bits) runs it as the
+sites do, with integer GEMMs: h (the final normed hidden state) -> per-token symmetric
+int8 codes, s = max|h_row| / 127 (no clip), u = round_half_even(h / s) + 128 ->
+MatMulInteger(u, codes^T; 128) (exact int32) -> · s (per token) · c (per vocabulary row).
+The head weights stay int8 resident (int4 on disk, widened at load like the blocks).
+Its cost on the teacher-forced tiny models: top-1 agreement 0.9987-0.9999 with the float
+head, logits relative error 3-6e-3, identical decodes and held-out accuracy (+0 / -1 of
+200); the head's time falls to about 0.2-0.3x (docs/export.md).
+
+Resident weights of the integer graph. ONNX Runtime has no integer GEMM with per-token
+activation scales and 4-bit weights: MatMulInteger takes int8 / uint8 only (an INT4 B is
+refused by the graph checker), MatMulIntegerToFloat and DynamicQuantizeMatMul take a
+per-tensor (or per-column-of-A) activation scale and int8 weights, and MatMulNBits at
+accuracy level 4 re-quantizes A to int8 per block of K with its own scales (W4A8 per
+block, not per-token W4A4). So w4a4-int widens its INT4 weights to int8 at load (resident
+int8 block weights: RSS after load about 1.3x that of the weight-only graph). What keeps
+the weights at 4 bits with the exact W4A4 numbers is MatMulNBits at level 1 on the codes
+themselves (u - z as float32 x int4 codes with unit scales, then · s · c: the fp32 sums
+of small integers are exact below 2^24, i.e. K < 2^24 / (2^(a-1) · 8)), but its fp32
+GEMM is 2.3-2.7x slower than MatMulInteger; `benchmarks/bench_ort_costs.py
+--experimental` measures it (not an export option). The `w4a4` Q/DQ graph keeps 4-bit
+weights too (fused into MatMulNBits at level 1), with float-rounded rather than exact sums.
+
 ONNX Runtime's optimizer fuses DequantizeLinear(int4) + MatMul into MatMulNBits and by
 default runs it at accuracy level 4, which re-quantizes the activations to int8 per block
 and breaks the W4A4 numerics; `runtime.json` therefore carries the session setting
@@ -34,11 +60,20 @@ backend applies.
 
 `variant="weight-only"` replaces every block matmul by ORT's MatMulNBits (4-bit weights,
 per-channel scales repeated over blocks of 32) and skips activation quantization: W4A16
-numerics, for speed where int4 activation emulation is slow.
+numerics, for speed where int4 activation emulation is slow. `accuracy_level` (written
+on every MatMulNBits node and into runtime.json) is the minimum precision of A inside the
+op, as ORT's contrib-op docs define it: 0 unset (ORT's choice: fp32 on CPU), 1 fp32
+(dequantized weights, fp32 GEMM: exact W4A16), 2 fp16 and 3 bf16 (A downcast, on EPs
+that implement it; the CPU EP computes them in fp32), 4 int8 (A quantized to int8 per row
+and block of 32 along K, scale absmax / 127, int8 GEMM: W4A8 per block; logits 0.4%
+relative error against level 1 on llada-chain). The default is 1: level 4 was 1.1-1.3x
+slower for 128 and 384-token forwards on an AVX512-VNNI/AMX CPU and only faster (0.8x)
+for 32-token steps, and it holds more memory after load.
 
 Beside the graph, `runtime.json` tells the torch-free runtime everything it needs:
 family, special ids, decoding policy, chat template prefix/suffix, output names, and the
-cache's input, output and shape ("cache"; exports without it run uncached only).
+cache's input, output and shape ("cache"; exports without it run uncached only), and
+the export options "head_activations" and "accuracy_level" (null but for weight-only).
 """
 
 from __future__ import annotations
@@ -83,8 +118,8 @@ HEAD_ACT_BITS = 8  # int8 head: per-token symmetric codes in [-128, 127], scale 
 ACCURACY_LEVELS = {0: "unset (ORT's default: fp32 on CPU)", 1: "fp32", 2: "fp16", 3: "bf16",
                    4: "int8"}
 # weight-only default: level 1. Level 4 was not faster for a full 384-token forward on CPU
-# (AVX512-VNNI/AMX, ORT 1.32: about 1.1-1.6x slower; faster only for short steps of about
-# 32 tokens) and holds more memory; docs/export.md has the figures.
+# (AVX512-VNNI/AMX, ORT 1.32: 1.2-1.3x slower; faster only for short steps of about 32
+# tokens) and holds more memory; docs/export.md has the figures.
 WEIGHT_ONLY_ACCURACY_LEVEL = 1
 
 
