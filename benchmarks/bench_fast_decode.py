@@ -12,6 +12,10 @@ count, one after the other in one process, after a warm-up:
     parallel tau      threshold commits, full forwards
     fast tau          threshold commits + dual cache
 
+The fast modes decode the whole window like the exact loop (no per-sample stop at EOS),
+so the ratios are the cache's and the threshold's alone; the "+stop" row adds the stop
+(a sample leaves the batch once its text up to its first EOS is committed).
+
 Backends: PyTorch FP32 eager (the unquantized checkpoint) and ONNX Runtime on the
 W4A4-int export of an RTN W4A4 quantization of the same weights. A random model's
 confidence depends on its init scale (--init-std), so steps per block under the threshold
@@ -31,26 +35,28 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from faircalib_export.calibrate.artifact import run_calibration
 from faircalib_export.calibrate.config import CalibConfig
-from faircalib_export.calibrate.entry import calibrate_checkpoint
 from faircalib_export.export.onnx_export import ExportOptions, export_onnx
 from faircalib_export.fold.fold import fold_artifact
 from faircalib_export.models.tiny import write_tiny_checkpoint
 from faircalib_export.opener import open_model
-from faircalib_runtime.fast import FastConfig
-from faircalib_runtime.fast import generate as decode
+from faircalib_runtime import PolicyConfig, generate
+from faircalib_runtime.fast import generate_fast
 from faircalib_runtime.onnx import open_exported
 
 PROMPT, WINDOW, BLOCK = 128, 256, 32
 
 
-def modes(thresholds: list[float]) -> list[tuple[str, FastConfig]]:
-    out = [("exact", FastConfig()),
-           ("cached prefix", FastConfig(mode="cached", cache="prefix")),
-           ("cached dual", FastConfig(mode="cached", cache="dual"))]
+def modes(thresholds: list[float]) -> list[tuple[str, dict]]:
+    out = [("exact", {"decode": "exact"}),
+           ("cached prefix", {"decode": "cached", "cache": "prefix"}),
+           ("cached dual", {"decode": "cached", "cache": "dual"})]
     for tau in thresholds:
-        out.append((f"parallel {tau}", FastConfig(mode="parallel", threshold=tau)))
-        out.append((f"fast {tau}", FastConfig(mode="fast", threshold=tau, cache="dual")))
+        out.append((f"parallel {tau}", {"decode": "parallel", "threshold": tau}))
+        out.append((f"fast {tau}", {"decode": "fast", "threshold": tau, "cache": "dual"}))
+    out.append((f"fast {thresholds[0]} +stop", {"decode": "fast", "threshold": thresholds[0],
+                                                "cache": "dual", "stop": True}))
     return out
 
 
@@ -60,9 +66,14 @@ def run_modes(name: str, backend, prompts, config, thresholds) -> None:
     print(f"{'mode':<16} {'seconds':>8} {'speed-up':>8} {'tok/s':>7} {'steps':>6} "
           f"{'positions':>10}  steps per block / agreement with exact")
     exact_time = exact_tokens = None
-    for label, fast in modes(thresholds):
+    for label, mode in modes(thresholds):
+        stop = mode.pop("stop", False)
+        run_config = PolicyConfig.from_dict({**config.to_dict(), **mode})
         start = time.perf_counter()
-        result = decode(backend, prompts, config, fast)
+        if mode["decode"] == "exact":
+            result = generate(backend, prompts, run_config)
+        else:  # the whole window, as the exact loop decodes it, unless the row says +stop
+            result = generate_fast(backend, prompts, run_config, stop_finished=stop)
         seconds = time.perf_counter() - start
         tokens = result.window
         if exact_time is None:
@@ -105,8 +116,9 @@ def main() -> None:
               f"{args.threads} threads")
         if not args.skip_torch:
             run_modes("PyTorch FP32", opened.backend(), prompts, config, thresholds)
-        cal = calibrate_checkpoint(ck, tmp / "cal", CalibConfig(method="rtn"), samples=4,
-                                   seq_len=64)
+        tokens = torch.randint(3, 259, (4, 64), generator=torch.Generator().manual_seed(0))
+        cal = run_calibration(ck, tmp / "cal", CalibConfig(method="rtn"), tokens, None,
+                              "random tokens")  # RTN needs no data beyond shapes
         folded = fold_artifact(cal, tmp / "fold")
         onnx_dir = export_onnx(folded, tmp / "onnx", ExportOptions(variant="w4a4-int"))
         exported = open_exported(onnx_dir, threads=args.threads)

@@ -4,7 +4,8 @@
 
 CPU benchmarks: calibration time and peak memory per method, Stage II memory scaling and
 the 7-8B plans, checkpoint loading memory, deployment size and decode throughput
-(PyTorch FP32, ONNX W4A4, ONNX weight-only), policy overhead, probing cost. `--gpu` adds
+(PyTorch FP32, ONNX W4A4, ONNX weight-only), policy overhead, probing cost, fast decoding
+(speed per mode; accuracy vs threshold on the shipped models), ONNX graph costs. `--gpu` adds
 the int4 GEMM kernels (needs CUDA and the built kernels). `--quick` runs one shipped model
 and fewer methods. Each runs in its own process; a failure is reported and the rest go on.
 """
@@ -28,7 +29,11 @@ def jobs(quick: bool, gpu: bool) -> list[list[str]]:
            ["bench_export.py"] + (["--model", "llada-chain"] if quick else []),
            ["bench_policy.py"],
            ["bench_probe.py"],
-           ["bench_build_recipe.py"] + (["--recipes", "2x32"] if quick else [])]
+           ["bench_build_recipe.py"] + (["--recipes", "2x32"] if quick else []),
+           ["bench_fast_decode.py"] + (["--layers", "2"] if quick else []),
+           ["bench_fast_accuracy.py"] + (["--limit", "100", "--models", "llada-chain"]
+                                         if quick else []),
+           ["bench_ort_costs.py"]]
     if gpu:
         out.append(["bench_gemm_trt.py"])
     return out

@@ -41,8 +41,8 @@ def describe(policy) -> str:
     if d.get("decode", "exact") != "exact":
         shape = (f"decode {d['decode']} (threshold {d['threshold']}, cache {d['cache']}), "
                  + shape)
-    if "block_length" in d:
-        shape += f", block length {d['block_length']}"
+    if "block_length" in d and (d["policy"] == "llada" or d.get("decode", "exact") != "exact"):
+        shape += f", block length {d['block_length']}"  # exact Dream has no blocks
     greedy = "greedy" if not d.get("temperature") else f"temperature {d['temperature']}"
     return f"{d['policy']} {name}, {greedy}, {shape}"
 

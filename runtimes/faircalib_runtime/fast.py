@@ -260,7 +260,10 @@ class _BlockRun:
                 break
             schedule = self.schedule(start, end, steps_per_block)
             taken = 0
-            for j in range(10 ** 9 if schedule is None else steps_per_block):
+            # The threshold rule commits at least one position per step, so a block takes
+            # at most block-length steps; only a model that writes the mask id itself (the
+            # position stays masked, as in the exact loops) could ask for more.
+            for j in range(self.block if schedule is None else steps_per_block):
                 rows = self.active
                 if not (self.x[rows, start:end] == cfg.mask_id).any():
                     break

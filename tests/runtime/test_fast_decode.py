@@ -208,3 +208,18 @@ def test_a_cached_step_on_a_fresh_cache_equals_the_full_forward(cfg, cache):
                                    full.summary.prob[:, start:start + 4], atol=1e-5)
         np.testing.assert_array_equal(step.summary.token[:, start - offset:start + 4 - offset],
                                       full.summary.token[:, start:start + 4])
+
+
+def test_parallel_blocks_end_even_when_the_model_writes_the_mask_id():
+    """A position whose chosen token is the mask id stays masked (as in the exact loops);
+    the threshold loop must still end: at most block-length steps per block."""
+
+    class WritesMask(ToyCachedModel):
+        def _run(self, ids, key_mask, positions, past):
+            logits, present = super()._run(ids, key_mask, positions, past)
+            logits[..., MASK] = 50.0  # the mask id is always the surest token
+            return logits, present
+
+    cfg = llada(gen_length=8, block_length=4, steps=8, decode="fast")
+    out = generate(WritesMask(V, mask_id=MASK), PROMPTS, cfg)
+    assert out.steps_per_block == [4, 4] and (out.window == MASK).all()
