@@ -29,8 +29,9 @@ def tiny_decoding(family: str, window: int) -> dict:
 
     settings = with_overrides(family_defaults(family), gen_length=window, steps=window // 2,
                               block_length=window // 4 if family == "llada" else None)
-    return {k: v for k, v in settings.items() if k in ("gen_length", "max_new_tokens",
-                                                       "block_length", "steps")}
+    shape = ("gen_length", "block_length", "steps") if family == "llada" else (
+        "max_new_tokens", "steps")  # Dream's block_length is the fast modes', not the shape
+    return {k: v for k, v in settings.items() if k in shape}
 
 
 def describe(policy) -> str:
