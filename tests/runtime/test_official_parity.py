@@ -119,18 +119,22 @@ LLADA_TIES = table([
 ])
 
 
-@pytest.mark.parametrize("block_length, steps", [(6, 3), (3, 4), (6, 6)])
-def test_llada_model_dtype_ties_match_official(block_length, steps):
-    cfg = LLaDAConfig(gen_length=6, block_length=block_length, steps=steps, mask_id=MASK,
-                      eos_ids=[EOS, EOT])
+def assert_llada_matches_official(cfg: LLaDAConfig) -> None:
+    """Model-dtype decoding equals the official loop step by step (numpy, torch fp32, and
+    bfloat16 on the device against the official loop in bf16); float64 differs."""
     expected = official_llada(cfg, LLADA_TIES)
     for dtype in (None, torch.float32):
         assert same_history(ours(cfg, LLADA_TIES, dtype)[1], expected), dtype
-    # bfloat16 on the device: ties at the model's precision, against the official loop
     assert same_history(ours(cfg, LLADA_TIES, torch.bfloat16)[1],
                         official_llada(cfg, LLADA_TIES, torch.bfloat16))
     f64 = dataclasses.replace(cfg, confidence_dtype="float64")
     assert not same_history(ours(f64, LLADA_TIES)[1], expected)
+
+
+@pytest.mark.parametrize("block_length, steps", [(6, 3), (3, 4), (6, 6)])
+def test_llada_model_dtype_ties_match_official(block_length, steps):
+    assert_llada_matches_official(LLaDAConfig(gen_length=6, block_length=block_length,
+                                              steps=steps, mask_id=MASK, eos_ids=[EOS, EOT]))
 
 
 def test_llada_first_step_by_hand():
@@ -144,15 +148,8 @@ def test_llada_first_step_by_hand():
 def test_llada_cfg_in_model_dtype_matches_official():
     """Guidance in the logits' dtype: cond = uncond here, so the guided logits are the tie
     table itself (in float64 they would reach a float64 softmax)."""
-    cfg = LLaDAConfig(gen_length=6, block_length=6, steps=3, cfg_scale=0.7, mask_id=MASK,
-                      eos_ids=[EOS])
-    expected = official_llada(cfg, LLADA_TIES)
-    for dtype in (None, torch.float32):
-        assert same_history(ours(cfg, LLADA_TIES, dtype)[1], expected), dtype
-    assert same_history(ours(cfg, LLADA_TIES, torch.bfloat16)[1],
-                        official_llada(cfg, LLADA_TIES, torch.bfloat16))
-    f64 = dataclasses.replace(cfg, confidence_dtype="float64")
-    assert not same_history(ours(f64, LLADA_TIES)[1], expected)
+    assert_llada_matches_official(LLaDAConfig(gen_length=6, block_length=6, steps=3,
+                                              cfg_scale=0.7, mask_id=MASK, eos_ids=[EOS]))
 
 
 DREAM_TIES = {  # rows of the ALIGNED logits; float64 prefers the later of tied rows
