@@ -52,6 +52,7 @@ from . import policies as P
 from .backend import Backend, StepOutput, Summary, summarize, supports_cache, token_probability
 from .batch import Batch, DecodeResult, StepEvent, expand_prompts, left_pad
 from .config import (
+    CacheMode,
     ConfidencePolicy,
     DreamAlg,
     DreamConfig,
@@ -147,7 +148,8 @@ class _BlockRun:
     def _mask(self, rows: np.ndarray, cols: np.ndarray | slice) -> np.ndarray | None:
         return None if self.real is None else self.real[rows][:, cols]
 
-    def full(self, rows: np.ndarray) -> StepOutput:
+    # Each call returns its output and the position of the output's column 0.
+    def full(self, rows: np.ndarray) -> tuple[StepOutput, int]:
         """An uncached forward of the whole state of `rows` (what the exact loop runs)."""
         self.calls += 1
         self.computed += len(rows) * self.s
@@ -155,7 +157,7 @@ class _BlockRun:
         pos = None if self.position_ids is None else self.position_ids[rows]
         return self.backend.forward(self.x[rows], mask, pos, self.want()), 0
 
-    def boundary(self, rows: np.ndarray) -> StepOutput:
+    def boundary(self, rows: np.ndarray) -> tuple[StepOutput, int]:
         """The full cached forward at a block boundary: outputs for every position, and
         the keys and values of all of them, kept as this block's cache."""
         self.calls += 1
@@ -164,7 +166,7 @@ class _BlockRun:
                                            self.positions[rows], None, self.want())
         start, end = self.block_range
         q0 = start - 1 if self.shift else start
-        q1 = end if self.config.cache.value == "dual" else self.s
+        q1 = end if self.config.cache is CacheMode.DUAL else self.s
         kept = np.r_[0:q0, q1:self.s]  # positions whose K/V are reused
         self.cache_rows = rows
         self.queries = (q0, q1)
@@ -172,7 +174,7 @@ class _BlockRun:
         self.past = np.ascontiguousarray(step.present[:, :, :, :, kept])
         return step.output, 0
 
-    def cached(self, rows: np.ndarray) -> StepOutput:
+    def cached(self, rows: np.ndarray) -> tuple[StepOutput, int]:
         """A step over the block's queries only, attending to the cached K/V."""
         q0, q1 = self.queries
         if not np.array_equal(rows, self.cache_rows):  # samples left the batch mid-block
