@@ -258,6 +258,44 @@ def generate(
 
 
 @app.command()
+def serve(
+    model: AnyModelArg,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    max_batch: Annotated[int, typer.Option(
+        help="Most requests decoded together as one backend batch (1: one at a time).")] = 16,
+    max_tokens: Annotated[int | None, typer.Option(
+        help="Largest max_tokens a request may ask for. Default: 256, capped by the "
+             "model's context.")] = None,
+    timeout: Annotated[float | None, typer.Option(
+        help="Seconds a request may wait and decode before it fails (504).")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda (PyTorch models).")] = "cpu",
+    name: Annotated[str | None, typer.Option(
+        help="Served model name (the request's `model`). Default: the directory name.")
+                    ] = None,
+) -> None:
+    """Serve MODEL over an OpenAI-compatible HTTP API (/v1/completions,
+    /v1/chat/completions, /v1/models, /health, /metrics).
+
+    Requests waiting together with the same decoding settings are decoded as one batch;
+    an exported ONNX directory is served without torch. Needs the `serve` extra
+    (fastapi, uvicorn).
+    """
+    if max_batch < 1:
+        raise FaircalibError(f"max-batch must be an integer >= 1, got {max_batch}")
+    try:
+        import uvicorn
+
+        from .serve import create_app
+    except ImportError as err:
+        raise FaircalibError(f"serving needs fastapi and uvicorn ({err}): "
+                             f"pip install 'faircalib-export[serve]'") from err
+    app_ = create_app(model, name=name, max_batch=max_batch, max_tokens=max_tokens,
+                      timeout=timeout, device=device)
+    uvicorn.run(app_, host=host, port=port)
+
+
+@app.command()
 def export(
     deploy: Annotated[Path, typer.Argument(help="Folded model directory from `fold`.")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Output directory.")],
