@@ -23,6 +23,10 @@ def test_runtime_never_imports_torch():
                            mask_id=15, eos_ids=[0]),
             fr.DreamConfig(max_new_tokens=4, steps=2, mask_id=15, eos_ids=[0]),
             fr.RandomCommitConfig(window_length=4, steps=2, mask_id=15, eos_ids=[0]),
+            fr.LLaDAConfig(gen_length=4, block_length=2, steps=2, mask_id=15, eos_ids=[0],
+                           decode="parallel"),  # the fast loop (fast.py)
+            fr.DreamConfig(max_new_tokens=4, steps=2, mask_id=15, eos_ids=[0],
+                           decode="parallel", threshold=0.5),
         ):
             rec = fr.TrajectoryRecorder()
             res = fr.generate(backend, [[1, 2, 3], [4]], cfg, recorder=rec)
