@@ -58,7 +58,7 @@ def calibration_tokens(tokenizer, source: str, n: int, seq_len: int, seed: int =
     if len(stream) < seq_len:
         raise ConfigError(f"calibration data {source} has only {len(stream)} tokens; "
                           f"need at least seq_len={seq_len}")
-    ids = torch.tensor(stream, dtype=torch.long)
+    ids = torch.tensor(stream, dtype=torch.long, device="cpu")  # stage 2 moves each batch
     gen = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, len(stream) - seq_len + 1, (n,), generator=gen)
+    starts = torch.randint(0, len(stream) - seq_len + 1, (n,), generator=gen, device="cpu")
     return torch.stack([ids[s:s + seq_len] for s in starts.tolist()])

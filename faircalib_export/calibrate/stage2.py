@@ -119,12 +119,12 @@ def _train_block(qb: QuantBlock, q_in, fp_out, weights, rope, cfg: CalibConfig, 
     n = q_in.shape[0]
     per_epoch = math.ceil(n / cfg.batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs * per_epoch))
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
     w = weights.to(device)
     loss_value = float("nan")
     for _ in range(cfg.epochs):
         total = 0.0
-        for idx in torch.randperm(n, generator=gen).split(cfg.batch_size):
+        for idx in torch.randperm(n, generator=gen, device="cpu").split(cfg.batch_size):
             x = q_in[idx].to(device, torch.float32)
             y = fp_out[idx].to(device, torch.float32)
             loss = weighted_mse(qb(x, *rope, None, drop_prob=drop_prob), y, w)
@@ -174,7 +174,8 @@ def calibrate_blocks(
                         "embed.", "fp32", device)
     with torch.no_grad():  # the deployment keeps the table in fp16: calibrate on that
         embed.weight.copy_(embed.weight.half().float())
-    fp_in = torch.empty(n, seq_len, mcfg.hidden_size, dtype=cache_dtype)
+    # the activation caches stay on the host
+    fp_in = torch.empty(n, seq_len, mcfg.hidden_size, dtype=cache_dtype, device="cpu")
     with torch.no_grad():
         for i in range(0, n, cfg.batch_size):
             fp_in[i:i + cfg.batch_size] = embed(tokens[i:i + cfg.batch_size].to(device)).cpu()

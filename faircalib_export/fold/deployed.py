@@ -140,7 +140,7 @@ class DeployedModel(nn.Module):
         cfg = self.cfg
         b, s = input_ids.shape
         if position_ids is None:
-            position_ids = torch.arange(s).expand(b, s)
+            position_ids = torch.arange(s, device=input_ids.device).expand(b, s)
         cos, sin = rope_cos_sin(position_ids, cfg.head_dim, cfg.rope_theta)
         mask = attention_bias(attention_mask, torch.float32, s)
         h = self.embed[input_ids]

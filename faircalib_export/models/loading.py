@@ -220,7 +220,8 @@ def read_tensors(
             for name, key in entries:
                 meta = header[key]
                 begin, end = meta["data_offsets"]
-                t = torch.empty(meta["shape"], dtype=ST_DTYPES[meta["dtype"]])
+                t = torch.empty(meta["shape"], dtype=ST_DTYPES[meta["dtype"]],
+                                device="cpu")  # the host read buffer
                 buf = t.view(-1).view(torch.uint8).numpy() if t.numel() else None
                 f.seek(base + begin)
                 if buf is not None and f.readinto(buf) != end - begin:
