@@ -106,6 +106,7 @@ DATA_FILE = "model.onnx.data"
 VARIANTS = ("w4a4", "w4a4-int", "weight-only")
 SUMMARY_OUTPUTS = ("token", "prob", "margin", "neg_entropy")
 EXTERNAL_DATA_BYTES = 1 << 30  # initializers above this go to an external-data file
+PROTOBUF_LIMIT_BYTES = (1 << 31) - (256 << 20)  # protobuf: 2 GiB a message, less a margin
 NBITS_BLOCK = 32
 CACHE_INPUT, CACHE_OUTPUT = "past_key_values", "present_key_values"
 ORT_SESSION_CONFIG = {"session.qdq_matmulnbits_accuracy_level": "1"}
@@ -485,13 +486,17 @@ def write_export_dir(model: onnx.ModelProto, deploy_dir: Path, meta: dict, out: 
     from ..models.families import END_OF_TURN, get_family
     from ..models.loading import load_tokenizer
 
-    onnx.checker.check_model(model)
+    size = sum(t.ByteSize() for t in model.graph.initializer)
+    # protobuf cannot serialize a message over 2 GiB: a larger graph is checked from its
+    # saved file (with its external data) instead of in memory
+    in_memory_check = size < PROTOBUF_LIMIT_BYTES
+    if in_memory_check:
+        onnx.checker.check_model(model)
     cfg = ModelConfig(**meta["model_config"])
     tokenizer = load_tokenizer(deploy_dir, get_family(cfg.family))
     vocab = tokenizer.get_vocab()
     gen_file = deploy_dir / "generation_config.json"
     generation = read_json(gen_file) if gen_file.is_file() else {}
-    size = sum(t.ByteSize() for t in model.graph.initializer)
     external = external_data if external_data is not None else size > EXTERNAL_DATA_BYTES
     with atomic_dir(out, kind, inputs=(deploy_dir,), overwrite=overwrite) as tmp:
         if external:
@@ -502,6 +507,8 @@ def write_export_dir(model: onnx.ModelProto, deploy_dir: Path, meta: dict, out: 
             (tmp / DATA_FILE).chmod(0o644)
         else:
             onnx.save_model(model, str(tmp / MODEL_FILE))
+        if not in_memory_check:
+            onnx.checker.check_model(str(tmp / MODEL_FILE))
         tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
         runtime = {
             "format": "faircalib-onnx", "version": 1, "variant": variant,

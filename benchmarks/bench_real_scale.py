@@ -1,0 +1,220 @@
+"""Real-scale memory/time check: random checkpoints at the exact real configs, few layers.
+
+    python benchmarks/bench_real_scale.py --quick
+
+For LLaDA-8B and Dream-7B it writes a random bf16 checkpoint with the real config read
+from configs/models/*.json (real vocabulary, hidden and MLP widths, heads, special ids) but
+only 2 layers (--layers), then runs each stage as its own subprocess and records its wall
+time and peak RSS (from os.wait4, so per stage, children included):
+
+    calibrate --method rtn  ->  fold  ->  export --variant w4a4-int  ->  ORT forward (1 x 256)
+
+The ORT peak is also given relative to the on-disk size of model.onnx (+ model.onnx.data).
+`faircalib-export plan` only models GPU memory: its calibration peak (GPU) is printed for
+reference; it has no CPU fold / export / ORT figure ("-").  --compare-layers N repeats
+calibrate/fold/export at N layers to report the N vs --layers RSS ratio.
+
+The tokenizer is the tiny byte-level one (ids < 300, far inside the real vocabulary); the
+config keeps the real mask/eos ids.  Everything goes in a temporary directory, deleted at
+the end (--keep to keep it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = {"llada": "llada-8b-instruct", "dream": "dream-7b-instruct"}
+DATA = ROOT.parent / "shared" / "data" / "wikitext2" / "tokenized" / "valid.txt"
+GIB = 1 << 30
+
+
+def make_checkpoint(family: str, layers: int, out: str) -> None:
+    """Child: write a random bf16 checkpoint with the real config and `layers` layers."""
+    import torch
+
+    from faircalib_export.configs_data import model_configs
+    from faircalib_export.models.checkpoint import save_checkpoint
+    from faircalib_export.models.families import parse_config
+    from faircalib_export.models.tiny import REMOTE_CODE_FILES, TRAP
+    from faircalib_export.models.tokenizer_files import (
+        SPECIALS,
+        byte_level_tokenizer,
+        write_tokenizer,
+    )
+    from faircalib_export.models.transformer import DiffusionLM
+
+    raw = json.loads(model_configs()[MODELS[family]].read_text())
+    cfg = dataclasses.replace(parse_config(raw), num_layers=layers)
+    tok = byte_level_tokenizer(SPECIALS[cfg.family])
+    torch.set_default_dtype(torch.bfloat16)
+    model = DiffusionLM(cfg)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+            else:  # bf16 normal draws in row chunks: no fp32 copy of the big tables
+                for chunk in p.view(-1, p.shape[-1]).split(8192):
+                    chunk.normal_(0.0, 0.02, generator=gen)
+    traps = {name: TRAP for name in REMOTE_CODE_FILES[cfg.family]}
+    save_checkpoint(model, out, lambda d: write_tokenizer(d, tok, cfg.family),
+                    shards=4, dtype=torch.bfloat16, extra_files=traps)
+
+
+def ort_forward(onnx_dir: str) -> None:
+    """Child: open the exported model and run one 1 x 256 forward ("summary")."""
+    import numpy as np
+
+    from faircalib_runtime.onnx import open_exported
+
+    t0 = time.perf_counter()
+    exported = open_exported(onnx_dir)
+    t1 = time.perf_counter()
+    ids = np.random.default_rng(0).integers(0, 256, size=(1, 256), dtype=np.int64)
+    exported.session.forward(ids, None, None, "summary")
+    t2 = time.perf_counter()
+    print(json.dumps({"open_s": t1 - t0, "forward_s": t2 - t1}))
+
+
+def run_stage(argv: list[str], log: Path) -> tuple[float, float, str]:
+    """Run argv; (wall seconds, peak RSS GiB of it and its children, stdout tail)."""
+    t0 = time.perf_counter()
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    text = log.read_text(errors="replace")
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed:\n{text[-3000:]}")
+    return wall, usage.ru_maxrss * 1024 / GIB, text  # ru_maxrss is in KiB on Linux
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def plan_calib_gib(ck: Path, samples: int, seq_len: int) -> float | None:
+    out = subprocess.run(["faircalib-export", "plan", str(ck), "--samples", str(samples),
+                          "--seq-len", str(seq_len), "--json"],
+                         capture_output=True, text=True, cwd=ROOT)
+    if out.returncode != 0:
+        return None
+    return json.loads(out.stdout)["calibration"]["peak_gib"]
+
+
+def pipeline(family: str, layers: int, tmp: Path, args, with_ort: bool) -> list[dict]:
+    me = [sys.executable, str(Path(__file__).resolve())]
+    base = tmp / f"{family}-L{layers}"
+    ck, cal, dep, onnx = (Path(f"{base}-{s}") for s in ("ck", "cal", "deploy", "onnx"))
+    rows = []
+
+    def stage(name, argv, plan="-", extra=""):
+        wall, rss, text = run_stage(argv, Path(f"{base}-{name}.log"))
+        row = {"model": MODELS[family], "layers": layers, "stage": name, "wall_s": wall,
+               "rss_gib": rss, "plan": plan, "note": extra}
+        rows.append(row)
+        print(f"  {MODELS[family]} L={layers} {name}: {wall:.1f} s, {rss:.2f} GiB", flush=True)
+        return text
+
+    stage("checkpoint", me + ["--_make-checkpoint", family, str(layers), str(ck)])
+    rows[-1]["note"] = f"{dir_bytes(ck) / GIB:.2f} GiB on disk"
+    pc = plan_calib_gib(ck, args.samples, args.seq_len)
+    stage("calibrate rtn", ["faircalib-export", "calibrate", str(ck), "-o", str(cal),
+                            "--method", "rtn", "--data", str(args.data),
+                            "--samples", str(args.samples), "--seq-len", str(args.seq_len)],
+          plan="-" if pc is None else f"{pc:.2f} (GPU)")
+    stage("fold", ["faircalib-export", "fold", str(cal), "-o", str(dep)])
+    shutil.rmtree(cal)
+    for variant in args.variants:
+        out = Path(f"{onnx}-{variant}")
+        stage(f"export {variant}", ["faircalib-export", "export", str(dep), "-o", str(out),
+                                    "--variant", variant])
+        disk = sum((out / n).stat().st_size for n in ("model.onnx", "model.onnx.data")
+                   if (out / n).exists())
+        rows[-1]["note"] = f"onnx {disk / GIB:.2f} GiB"
+        if with_ort:
+            text = stage(f"ORT fwd 1x256 {variant}", me + ["--_ort-forward", str(out)])
+            times = json.loads(text.strip().splitlines()[-1])
+            rows[-1]["note"] = (f"{rows[-1]['rss_gib'] * GIB / disk:.2f}x onnx size; "
+                                f"open {times['open_s']:.1f} s, fwd {times['forward_s']:.1f} s")
+        shutil.rmtree(out)
+    shutil.rmtree(dep)
+    if ck.exists():
+        shutil.rmtree(ck)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="2 layers, w4a4-int (the default)")
+    ap.add_argument("--families", nargs="+", default=["llada", "dream"], choices=list(MODELS))
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--compare-layers", type=int, default=0,
+                    help="also run calibrate/fold/export at this depth (RSS ratio)")
+    ap.add_argument("--variants", nargs="+", default=["w4a4-int"])
+    ap.add_argument("--samples", type=int, default=4)
+    ap.add_argument("--seq-len", type=int, default=64)
+    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--tmp", type=Path, default=None, help="parent of the temp dir")
+    ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--json", type=Path, help="also write the rows here")
+    ap.add_argument("--_make-checkpoint", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--_ort-forward", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args._make_checkpoint:
+        fam, layers, out = args._make_checkpoint
+        return make_checkpoint(fam, int(layers), out)
+    if args._ort_forward:
+        return ort_forward(args._ort_forward)
+
+    tmp = Path(tempfile.mkdtemp(prefix="real-scale-", dir=args.tmp))
+    free = shutil.disk_usage(tmp).free / GIB
+    mem = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / GIB
+    print(f"{datetime.date.today()}  {os.cpu_count()} CPU cores, {mem:.0f} GiB RAM, "
+          f"{free:.0f} GiB free in {tmp}", flush=True)
+    if free < 15:
+        sys.exit(f"need ~15 GiB free in {tmp}")
+    rows = []
+    t0 = time.perf_counter()
+    try:
+        for fam in args.families:
+            rows += pipeline(fam, args.layers, tmp, args, with_ort=True)
+            if args.compare_layers:
+                rows += pipeline(fam, args.compare_layers, tmp, args, with_ort=False)
+    finally:
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+    print(f"\ntotal {time.perf_counter() - t0:.0f} s; calibrate: --method rtn "
+          f"--samples {args.samples} --seq-len {args.seq_len}\n")
+    head = f"| {'model':<18} | L | {'stage':<22} | wall s | peak RSS GiB | plan GiB    | note"
+    print(head)
+    print("|" + "|".join("-" * (len(c)) for c in head.split("|")[1:]))
+    for r in rows:
+        print(f"| {r['model']:<18} | {r['layers']} | {r['stage']:<22} | {r['wall_s']:6.1f} | "
+              f"{r['rss_gib']:12.2f} | {r['plan']:<11} | {r['note']}")
+    if args.compare_layers:
+        print()
+        for fam in args.families:
+            for st in ("calibrate rtn", "fold", *(f"export {v}" for v in args.variants)):
+                a = [r for r in rows if r["model"] == MODELS[fam] and r["stage"] == st]
+                lo = next(r for r in a if r["layers"] == args.layers)
+                hi = next(r for r in a if r["layers"] == args.compare_layers)
+                print(f"{MODELS[fam]} {st}: RSS L={args.compare_layers} / L={args.layers} = "
+                      f"{hi['rss_gib'] / lo['rss_gib']:.2f}x")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
