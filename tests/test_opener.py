@@ -22,17 +22,11 @@ KINDS = ("checkpoint", "calibrated", "folded", "onnx")
 @pytest.fixture(scope="module")
 def chain_kinds(tmp_path_factory):
     """kind -> directory: llada-chain and its rtn calibration, fold and w4a4-int export."""
-    from faircalib_export.calibrate.config import CalibConfig
-    from faircalib_export.calibrate.entry import calibrate_checkpoint
-    from faircalib_export.export.onnx_export import ExportOptions, export_onnx
-    from faircalib_export.fold.fold import fold_artifact
+    from helpers import chain_export
+
     from faircalib_export.models.builtin import resolve_model
 
-    root = tmp_path_factory.mktemp("kinds")
-    calibrated = calibrate_checkpoint("llada-chain", root / "cal", CalibConfig("rtn"),
-                                      samples=4, seq_len=32)
-    deploy = fold_artifact(calibrated, root / "deploy")
-    onnx = export_onnx(deploy, root / "onnx", ExportOptions(variant="w4a4-int"))
+    calibrated, deploy, onnx = chain_export(tmp_path_factory.mktemp("kinds"))
     return {"checkpoint": resolve_model("llada-chain"), "calibrated": calibrated,
             "folded": deploy, "onnx": onnx}
 

@@ -15,16 +15,9 @@ pytest.importorskip("uvicorn")
 
 @pytest.fixture(scope="session")
 def onnx_dir(tmp_path_factory):
-    from faircalib_export.calibrate.config import CalibConfig
-    from faircalib_export.calibrate.entry import calibrate_checkpoint
-    from faircalib_export.export.onnx_export import ExportOptions, export_onnx
-    from faircalib_export.fold.fold import fold_artifact
+    from helpers import chain_export
 
-    root = tmp_path_factory.mktemp("serve")
-    calibrated = calibrate_checkpoint("llada-chain", root / "cal", CalibConfig("rtn"),
-                                      samples=4, seq_len=32)
-    deploy = fold_artifact(calibrated, root / "deploy")
-    return export_onnx(deploy, root / "chain-w4a4", ExportOptions(variant="w4a4-int"))
+    return chain_export(tmp_path_factory.mktemp("serve"), "chain-w4a4")[2]
 
 
 def free_port() -> int:
