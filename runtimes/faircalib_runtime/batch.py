@@ -91,3 +91,13 @@ def expand_prompts(prompts: Sequence[Sequence[int]], config: PolicyConfig
     reference's repeat_interleave; other policies decode each prompt once."""
     n = getattr(config, "num_return_sequences", 1)
     return prompts if n == 1 else [p for p in prompts for _ in range(n)]
+
+
+def generated_text_ids(window: np.ndarray, config: PolicyConfig) -> list[list[int]]:
+    """Each row of a (B, K) window cut at its first EOS, mask ids dropped."""
+    eos = set(config.eos_ids)
+    out = []
+    for row in window.tolist():
+        cut = next((i for i, t in enumerate(row) if t in eos), len(row))
+        out.append([t for t in row[:cut] if t != config.mask_id])
+    return out

@@ -24,7 +24,7 @@ import numpy as np
 
 from . import policies as P
 from .backend import Backend, StepOutput, Summary, Want, summarize, token_probability
-from .batch import Batch, DecodeResult, StepEvent, expand_prompts, left_pad
+from .batch import Batch, DecodeResult, StepEvent, expand_prompts, generated_text_ids, left_pad
 from .config import (
     DecodeMode,
     DreamAlg,
@@ -141,16 +141,12 @@ class _Run:
                              neg_entropy=win(neg_entropy), ref_prob=win(ref_prob))
 
     def result(self) -> DecodeResult:
-        ops, cfg = self.ops, self.config
+        ops = self.ops
         tokens = ops.to_numpy(self.x).astype(np.int64)
-        eos = set(cfg.eos_ids)
-        generated = []
-        for row in tokens[:, self.p:].tolist():
-            cut = next((i for i, t in enumerate(row) if t in eos), len(row))
-            generated.append([t for t in row[:cut] if t != cfg.mask_id])
         return DecodeResult(tokens=tokens, prompt_width=self.p, pad=self.pad,
                             commit_step=ops.to_numpy(self.commit_step)[:, self.p:],
-                            generated=generated, steps_run=self.step)
+                            generated=generated_text_ids(tokens[:, self.p:], self.config),
+                            steps_run=self.step)
 
 
 def _maybe(ops: ArrayOps, a: np.ndarray | None) -> Array | None:

@@ -50,7 +50,14 @@ import numpy as np
 
 from . import policies as P
 from .backend import Backend, StepOutput, Summary, summarize, supports_cache, token_probability
-from .batch import Batch, DecodeResult, StepEvent, expand_prompts, left_pad
+from .batch import (
+    Batch,
+    DecodeResult,
+    StepEvent,
+    expand_prompts,
+    generated_text_ids,
+    left_pad,
+)
 from .config import (
     CacheMode,
     ConfidencePolicy,
@@ -356,14 +363,9 @@ class _BlockRun:
         self.active = self.active[~done]
 
     def result(self) -> FastResult:
-        cfg = self.config
-        eos = set(cfg.eos_ids)
-        generated = []
-        for row in self.x[:, self.p:].tolist():
-            cut = next((i for i, t in enumerate(row) if t in eos), len(row))
-            generated.append([t for t in row[:cut] if t != cfg.mask_id])
         return FastResult(tokens=self.x.copy(), prompt_width=self.p, pad=self.pad,
-                          commit_step=self.commit_step[:, self.p:], generated=generated,
+                          commit_step=self.commit_step[:, self.p:],
+                          generated=generated_text_ids(self.x[:, self.p:], self.config),
                           steps_run=self.step, steps_per_block=self.steps_per_block,
                           forward_calls=self.calls, positions_computed=self.computed)
 
