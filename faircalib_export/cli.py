@@ -25,6 +25,7 @@ from .errors import FaircalibError
 from .options import CacheOpt, DecodeOpt, OverwriteOpt, ThresholdOpt, decode_overrides
 from .plan import plan_cmd
 from .probe.commands import probe_cmd, probe_compare_cmd
+from .serve.engine import DEFAULT_MAX_TOKENS, MAX_BATCH
 from .tiny.commands import train_cmd
 from .validate import Thresholds
 
@@ -263,10 +264,11 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     max_batch: Annotated[int, typer.Option(
-        help="Most requests decoded together as one backend batch (1: one at a time).")] = 16,
+        help="Most requests decoded together as one backend batch (1: one at a time).")
+    ] = MAX_BATCH,
     max_tokens: Annotated[int | None, typer.Option(
-        help="Largest max_tokens a request may ask for. Default: 256, capped by the "
-             "model's context.")] = None,
+        help=f"Largest max_tokens a request may ask for. Default: {DEFAULT_MAX_TOKENS}, "
+             f"capped by the model's context.")] = None,
     timeout: Annotated[float | None, typer.Option(
         help="Seconds a request may wait and decode before it fails (504).")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda (PyTorch models).")] = "cpu",

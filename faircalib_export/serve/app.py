@@ -31,9 +31,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .engine import Engine, EngineClosed, Job, Metrics, normalize
-
-DEFAULT_MAX_TOKENS = 256
+from .engine import DEFAULT_MAX_TOKENS, MAX_BATCH, Engine, EngineClosed, Job, Metrics, normalize
 
 
 class APIError(Exception):
@@ -197,7 +195,7 @@ def _finish(server: Server, ids: list[int], window: int, max_tokens: int,
 
 
 def create_app(model: str | Path | None = None, *, opened: Any = None, name: str | None = None,
-               max_batch: int = 16, max_tokens: int | None = None,
+               max_batch: int = MAX_BATCH, max_tokens: int | None = None,
                timeout: float | None = None, device: str = "cpu") -> FastAPI:
     """The FastAPI app serving MODEL (any kind `open_model` reads), or an opened model."""
     if opened is None:

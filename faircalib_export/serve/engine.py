@@ -35,6 +35,10 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
+MAX_BATCH = 16  # requests decoded together by default
+DEFAULT_MAX_TOKENS = 256  # largest max_tokens a request may ask for, by default
+
+
 class EngineClosed(RuntimeError):
     """The engine is shutting down and takes no new requests."""
 
@@ -173,7 +177,8 @@ def _bucket(bounds: Sequence[float], value: float) -> int:
 class Engine:
     """A queue and one worker thread decoding batches on an `OpenedModel`."""
 
-    def __init__(self, model: Any, *, max_batch: int = 16, metrics: Metrics | None = None):
+    def __init__(self, model: Any, *, max_batch: int = MAX_BATCH,
+                 metrics: Metrics | None = None):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.model = model
