@@ -10,6 +10,7 @@ looks complete.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -44,21 +45,23 @@ def check_shards(shards: int, tensors: int) -> None:
                           f"choose 1..{tensors}")
 
 
-def write_weights(state: dict[str, torch.Tensor], out: Path, shards: int = 1) -> None:
-    """Write tensors as one file, or as `shards` files plus the HF index."""
+def write_weights(state: Mapping[str, torch.Tensor], out: Path, shards: int = 1) -> None:
+    """Write tensors as one file, or as `shards` files plus the HF index. Each shard's
+    tensors are read from `state` when it is written, so a lazy mapping holds one shard."""
     check_shards(shards, len(state))
     if shards == 1:
-        save_file(state, str(out / SINGLE_FILE), metadata={"format": "pt"})
+        save_file(dict(state), str(out / SINGLE_FILE), metadata={"format": "pt"})
         return
     keys = list(state)
     weight_map, total = {}, 0
     for i in range(shards):
-        part = keys[i * len(keys) // shards:(i + 1) * len(keys) // shards]
+        part = {k: state[k] for k in keys[i * len(keys) // shards:(i + 1) * len(keys) // shards]}
         name = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
-        save_file({k: state[k] for k in part}, str(out / name), metadata={"format": "pt"})
-        for k in part:
+        save_file(part, str(out / name), metadata={"format": "pt"})
+        for k, t in part.items():
             weight_map[k] = name
-            total += state[k].numel() * state[k].element_size()
+            total += t.numel() * t.element_size()
+        del part
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (out / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
 
@@ -73,8 +76,13 @@ def save_checkpoint(
     extra_files: dict[str, str] | None = None,
     decoding: dict | None = None,
     overwrite: bool = False,
+    state: Mapping[str, torch.Tensor] | None = None,
 ) -> Path:
     """Save `model` to `out` in its family's real layout.
+
+    `state` (checkpoint key -> tensor) replaces the model's weights, which may then live
+    on the meta device: a lazy mapping writes a checkpoint larger than memory, a shard
+    at a time (benchmarks/bench_real_scale.py makes full-depth 8B checkpoints so).
 
     `write_tokenizer(dir)` writes the tokenizer files; `extra_files` maps file names to
     text (a model card, say); `decoding` is the model's default decoding shape, recorded
@@ -92,7 +100,7 @@ def save_checkpoint(
 
             generation[GENERATION_KEY] = decoding
         (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
-        write_weights(checkpoint_state(model, dtype), tmp, shards)
+        write_weights(checkpoint_state(model, dtype) if state is None else state, tmp, shards)
         write_tokenizer(tmp)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,8 @@ ST_DTYPES = {
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
     "U8": torch.uint8, "BOOL": torch.bool,
 }
+
+ST_NAMES = {dtype: name for name, dtype in ST_DTYPES.items()}
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 INDEX_FILE = "model.safetensors.index.json"
@@ -110,6 +113,90 @@ def read_header(file: Path) -> dict[str, dict]:
             f"file has {size}"
         )
     return header
+
+
+class TensorFile(Mapping):
+    """A safetensors file as a read-only mapping that reads a tensor from disk on each
+    access into fresh memory: nothing is mapped or cached, so a caller that walks the
+    tensors one at a time (export) holds one at a time, whatever the file's size."""
+
+    def __init__(self, file: str | Path):
+        self.file = Path(file)
+        self.header = read_header(self.file)  # validated: covers the file exactly
+        with open(self.file, "rb") as f:
+            self._base = 8 + int.from_bytes(f.read(8), "little")
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        meta = self.header[key]
+        dtype = ST_DTYPES.get(meta["dtype"])
+        if dtype is None:
+            raise CheckpointError(f"{self.file}: tensor {key} has unsupported dtype "
+                                  f"{meta['dtype']!r}")
+        begin, end = meta["data_offsets"]
+        t = torch.empty(meta["shape"], dtype=dtype, device="cpu")  # the host read buffer
+        if t.numel():
+            with open(self.file, "rb") as f:
+                f.seek(self._base + begin)
+                if f.readinto(t.view(-1).view(torch.uint8).numpy()) != end - begin:
+                    raise CheckpointError(f"{self.file} is truncated inside tensor {key}")
+        return t
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.header)
+
+    def __len__(self) -> int:
+        return len(self.header)
+
+
+class TensorFileWriter:
+    """Writes a safetensors file one tensor at a time, holding none of them.
+
+    The format puts the header (every tensor's offsets) first, so the data goes to a
+    sibling `.data` file as tensors arrive and `close()` writes the header, then appends
+    the data in chunks. The header is padded with spaces to a multiple of 8 bytes, as
+    safetensors does, and tensors follow each other with no gaps (the format allows none).
+    """
+
+    CHUNK = 64 << 20
+
+    def __init__(self, file: str | Path):
+        self.file = Path(file)
+        self._spool = self.file.with_name(self.file.name + ".data")
+        self._data = open(self._spool, "wb")
+        self.header: dict[str, dict] = {}
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        if name in self.header:
+            raise ValueError(f"tensor {name} written twice")
+        t = tensor.detach().cpu().contiguous()
+        begin = self._data.tell()
+        if t.numel():
+            self._data.write(memoryview(t.view(-1).view(torch.uint8).numpy()))
+        self.header[name] = {"dtype": ST_NAMES[t.dtype], "shape": list(t.shape),
+                             "data_offsets": [begin, self._data.tell()]}
+
+    def close(self) -> None:
+        if self._data.closed:  # closed already (close() is idempotent)
+            return
+        self._data.close()
+        head = json.dumps(self.header, separators=(",", ":")).encode()
+        head += b" " * (-len(head) % 8)
+        try:
+            with open(self.file, "wb") as out, open(self._spool, "rb") as data:
+                out.write(len(head).to_bytes(8, "little") + head)
+                shutil.copyfileobj(data, out, self.CHUNK)
+        finally:
+            self._spool.unlink(missing_ok=True)
+
+    def __enter__(self) -> TensorFileWriter:
+        return self
+
+    def __exit__(self, kind, value, tb) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self._data.close()
+            self._spool.unlink(missing_ok=True)
 
 
 def weight_files(path: Path) -> dict[str, Path]:
@@ -199,6 +286,15 @@ def inspect_checkpoint(path: str | Path) -> CheckpointPlan:
 
 
 
+def all_finite(t: torch.Tensor, chunk: int = 1 << 24) -> bool:
+    """No NaN or Inf in a tensor, checked a chunk at a time (a boolean mask of a whole
+    embedding table would cost half the table again)."""
+    if not t.is_floating_point():
+        return True
+    flat = t.reshape(-1)
+    return all(bool(torch.isfinite(flat[i:i + chunk]).all()) for i in range(0, len(flat), chunk))
+
+
 def read_tensors(
     file: Path,
     entries: list[tuple[str, str]],  # (name to return it under, key in the file)
@@ -229,7 +325,7 @@ def read_tensors(
                 if not t.is_floating_point():
                     raise CheckpointError(f"{file}: tensor {key} is {meta['dtype']}, "
                                           f"a weight must be a float tensor")
-                if not torch.isfinite(t).all():  # one pass over data already in memory
+                if not all_finite(t):  # one pass over data already in memory
                     raise CheckpointError(f"{file}: tensor {key} holds NaN or Inf values")
                 out[name] = t.to(device=device, dtype=dtype)
     except (OSError, KeyError, ValueError) as err:
@@ -285,6 +381,22 @@ def load_model(
 
 def load_block(plan: CheckpointPlan, index: int, dtype="fp32", device="cpu") -> Block:
     return load_module(plan, lambda: Block(plan.cfg), f"blocks.{index}.", dtype, device)
+
+
+def load_tensors(plan: CheckpointPlan, names: list[str], dtype="fp32",
+                 device="cpu") -> dict[str, torch.Tensor]:
+    """Whole-model tensors by canonical name ("embed.weight", "norm.weight",
+    "lm_head.weight": the embedding table when the checkpoint ties them)."""
+    dtype = parse_dtype(dtype)
+    by_file: dict[Path, list[tuple[str, str]]] = defaultdict(list)
+    for name in names:
+        tied = name == "lm_head.weight" and plan.cfg.tie_word_embeddings
+        key = plan.mapping["embed.weight" if tied else name]
+        by_file[plan.files[key]].append((name, key))
+    out: dict[str, torch.Tensor] = {}
+    for file, entries in sorted(by_file.items()):
+        out.update(read_tensors(file, entries, dtype, device))
+    return out
 
 
 def load_tokenizer(path: str | Path, family: Family | None = None):
