@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 from .. import checks
 from ..errors import ConfigError, FaircalibError
+from ..quant.spec import QuantSpec
 from ..versioned import Versioned
 from .methods import get_method
 
@@ -67,13 +68,14 @@ class CalibConfig(Versioned):
     seed: int = 0
     device: str = "cpu"
     cache_dtype: str = "fp32"
+    format: str = QuantSpec.format  # int | nvfp4 | mxfp4 (quant/formats.py)
 
     def __post_init__(self) -> None:
         from ..quant.spec import check_bits
 
-        method = get_method(self.method)  # validates the name
+        get_method(self.method)  # validates the name
         check_bits(self.w_bits, "weight")  # 16-bit weights have nothing to calibrate or fold
-        method.spec(self.w_bits, self.a_bits)  # validates bit widths
+        object.__setattr__(self, "format", self.spec().format)  # validates bits and format
         if self.epochs is not None:
             _check_count("epochs", self.epochs, minimum=0)
         _check_count("batch_size", self.batch_size)
@@ -86,6 +88,10 @@ class CalibConfig(Versioned):
         checks.device(self.device)
         if self.cache_dtype not in ("fp32", "fp16", "bf16"):
             raise ConfigError(f"cache_dtype must be fp32, fp16 or bf16, got {self.cache_dtype!r}")
+
+    def spec(self) -> QuantSpec:
+        """The numerics this config calibrates (its method's transform, bits, format)."""
+        return get_method(self.method).spec(self.w_bits, self.a_bits, self.format)
 
     def resolved(self, hidden_size: int) -> CalibConfig:
         """This config with unset fields taken from the recipe for a model of this width."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import ConfigError
-from ..quant.spec import QuantSpec
+from ..quant.spec import QuantSpec, check_format
 
 
 @dataclass(frozen=True)
@@ -32,10 +32,13 @@ class Method:
     weighted: bool  # uses the Stage I prior
     qdrop: bool
 
-    def spec(self, w_bits: int, a_bits: int) -> QuantSpec:
+    def spec(self, w_bits: int, a_bits: int, format: str = QuantSpec.format) -> QuantSpec:
+        if self.gptq and check_format(format, w_bits, a_bits).is_fp4:
+            raise ConfigError(f"method {self.name} quantizes its weights with GPTQ, which "
+                              f"has integer grids only; {format} is not supported with it")
         return QuantSpec(w_bits=w_bits, a_bits=a_bits, transform=self.transform,
                          smooth=self.smooth, learn_w_clip=self.learn_clips,
-                         learn_a_clip=self.learn_clips)
+                         learn_a_clip=self.learn_clips, format=format)
 
 
 METHODS = {m.name: m for m in (

@@ -22,6 +22,9 @@ W4A4 forms compute the same numbers:
   are the same INT4 initializers, cast to int8 by a Cast node that ONNX Runtime folds once
   at load. It sums (q·s)(w·c) exactly instead of emulating it in float and runs ONNX
   Runtime's int8 kernels (VNNI where the CPU has it).
+Models folded from an FP4 calibration (nvfp4 / mxfp4) take their own variants,
+`w4a4-fp4` (opset 23, FLOAT4E2M1 Q/DQ with block_size) and `w4a4-fp4-emu` (float weights,
+FP4 activation rounding as ops, for ONNX Runtime on CPU): export/fp4_graph.py, docs/fp4.md.
 With 16-bit activations the linears are DequantizeLinear(weights) + MatMul. Attention is
 bidirectional with the pairwise padding mask of the PyTorch model. Embedding and head
 stay fp16 initializers unless folded smaller.
@@ -81,6 +84,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,23 +97,37 @@ from faircalib_runtime.backend import PAST_LAYOUT
 
 from ..artifacts import RUNTIME_JSON, atomic_dir, file_sha256, read_json, write_manifest
 from ..errors import ConfigError
-from ..fold.deployed import read_deploy
-from ..fold.pack import unpack_int4
+from ..fold.deployed import quant_format, read_deploy
+from ..fold.pack import unpack_fp4, unpack_int4
 from ..models.config import ModelConfig
+from ..quant.formats import QuantFormat
 from ..quant.quantizer import NO_QUANT_BITS, qmax
-from .graph import MS_DOMAIN, GraphBuilder, int_tensor
+from . import fp4_graph
+from .graph import FP4_IR_VERSION, FP4_OPSET, MS_DOMAIN, GraphBuilder, int_tensor
 
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 # w4a4: Q/DQ graph (portable; float compute); w4a4-int: integer GEMMs (exact, fast on CPU);
 # weight-only: MatMulNBits, W4A16
 VARIANTS = ("w4a4", "w4a4-int", "weight-only")
+# Models folded from an nvfp4 / mxfp4 calibration (export/fp4_graph.py): w4a4-fp4, the
+# opset-23 FLOAT4E2M1 Q/DQ graph (ReferenceEvaluator, FP4 runtimes); w4a4-fp4-emu, the same
+# numbers in float32 with the FP4 rounding as ops (ONNX Runtime on CPU)
+FP4_VARIANTS = ("w4a4-fp4", "w4a4-fp4-emu")
 SUMMARY_OUTPUTS = ("token", "prob", "margin", "neg_entropy")
 EXTERNAL_DATA_BYTES = 1 << 30  # initializers above this go to an external-data file
 PROTOBUF_LIMIT_BYTES = (1 << 31) - (256 << 20)  # protobuf: 2 GiB a message, less a margin
 NBITS_BLOCK = 32
 CACHE_INPUT, CACHE_OUTPUT = "past_key_values", "present_key_values"
 ORT_SESSION_CONFIG = {"session.qdq_matmulnbits_accuracy_level": "1"}
+# How ONNX Runtime holds the weights (runtime.json, read by the runtime at open):
+#   fast  ORT's defaults: at load it constant-folds casts and dequantizations of weights
+#         (int4 -> int8 codes, the fp16 head -> fp32) and prepacks GEMM operands, so the
+#         session holds about twice the file (measured: docs/export.md, bench_real_scale)
+#   low   no prepacking, no constant folding: weights stay as stored and are widened per
+#         op at run time, so the session holds about the file plus one op's widened weight
+ORT_MEMORY = {"fast": ({}, []),
+              "low": ({"session.disable_prepacking": "1"}, ["ConstantFolding"])}
 HEAD_ACTIVATIONS = ("float", "int8")
 HEAD_ACT_BITS = 8  # int8 head: per-token symmetric codes in [-128, 127], scale absmax / 127
 # MatMulNBits accuracy_level (ORT contrib op docs): the minimum precision of input A inside
@@ -134,11 +152,15 @@ class ExportOptions:
     # MatMulNBits accuracy_level of the weight-only graph (see ACCURACY_LEVELS); None:
     # WEIGHT_ONLY_ACCURACY_LEVEL. The other variants take none (they run at level 1).
     accuracy_level: int | None = None
+    ort_memory: str = "fast"  # see ORT_MEMORY
 
     def __post_init__(self) -> None:
-        if self.variant not in VARIANTS:
+        if self.ort_memory not in ORT_MEMORY:
+            raise ConfigError(f"unknown ORT memory mode {self.ort_memory!r}; use one of "
+                              f"{', '.join(ORT_MEMORY)}")
+        if self.variant not in VARIANTS + FP4_VARIANTS:
             raise ConfigError(f"unknown ONNX variant {self.variant!r}; use one of "
-                              f"{', '.join(VARIANTS)}")
+                              f"{', '.join(VARIANTS + FP4_VARIANTS)}")
         if self.head_activations not in HEAD_ACTIVATIONS:
             raise ConfigError(f"unknown head activations {self.head_activations!r}; use one "
                               f"of {', '.join(HEAD_ACTIVATIONS)}")
@@ -166,6 +188,17 @@ class ExportOptions:
         return WEIGHT_ONLY_ACCURACY_LEVEL if self.accuracy_level is None else self.accuracy_level
 
 
+def check_variant_format(variant: str, fmt: QuantFormat) -> QuantFormat:
+    """FP4 variants for FP4 models, the others for integer ones."""
+    if fmt.is_fp4 and variant not in FP4_VARIANTS:
+        raise ConfigError(f"this model is folded from a {fmt.value} calibration; export it "
+                          f"with --variant {' or '.join(FP4_VARIANTS)}, not {variant}")
+    if not fmt.is_fp4 and variant in FP4_VARIANTS:
+        raise ConfigError(f"variant {variant} needs a model calibrated with --format nvfp4 "
+                          f"or mxfp4; this one is {fmt.value} (use {', '.join(VARIANTS)})")
+    return fmt
+
+
 class _Writer:
     """Emits the nodes of one model into a GraphBuilder."""
 
@@ -175,6 +208,7 @@ class _Writer:
         self.head_activations, self.accuracy_level = head_activations, accuracy_level
         self.cfg = ModelConfig(**meta["model_config"])
         self.w_bits, self.a_bits = meta["w_bits"], meta["a_bits"]
+        self.format = check_variant_format(variant, quant_format(meta))
         if variant != "weight-only" and self.a_bits not in (4, 8, NO_QUANT_BITS):
             raise ConfigError(f"ONNX export supports 4, 8 or 16-bit activations, not {self.a_bits}")
         if variant == "weight-only" and self.w_bits != 4:
@@ -209,6 +243,10 @@ class _Writer:
             x = b.op("Reshape", [xs, b.const([0, 0, n1 * n2], np.int64)])
         if self.variant == "weight-only" or self.a_bits == NO_QUANT_BITS:
             return x
+        if self.format.is_fp4:
+            return fp4_graph.act_qdq(b, x, self.format,
+                                     float(self.np(f"blocks.{i}.{site}.act_clip")),
+                                     emulate=self.variant == "w4a4-fp4-emu")
         scale = self._token_scale(x, self.a_bits,
                                   float(self.np(f"blocks.{i}.{site}.act_clip")))
         if self.variant == "w4a4":  # Q/DQ: int4 codes, dequantized before a float MatMul
@@ -250,6 +288,11 @@ class _Writer:
 
     def linear(self, i: int, lin: str, x: str, in_features: int) -> str:
         b, prefix = self.b, f"blocks.{i}.{lin}"
+        if self.format.is_fp4:
+            w = fp4_graph.weight(b, prefix, unpack_fp4(self.np(f"{prefix}.qweight"), in_features),
+                                 self.np(f"{prefix}.block_scale"), self.np(f"{prefix}.scale"),
+                                 self.format, emulate=self.variant == "w4a4-fp4-emu")
+            return self._bias(prefix, b.op("MatMul", [x, w]))
         codes = self._codes(prefix, in_features, self.w_bits)
         scale = self.np(f"{prefix}.scale")
         if self.variant == "weight-only":
@@ -476,10 +519,13 @@ def cache_config(cfg: ModelConfig) -> dict:
 
 def write_export_dir(model: onnx.ModelProto, deploy_dir: Path, meta: dict, out: str | Path, *,
                      variant: str, external_data: bool | None, kind: str,
-                     extra: dict | None = None, overwrite: bool = False) -> Path:
+                     extra: dict | None = None, overwrite: bool = False,
+                     data_file: Path | None = None) -> Path:
     """Save a graph with runtime.json, tokenizer files and a manifest, atomically.
 
     Shared by every exporter; `extra` adds variant-specific runtime.json fields.
+    `data_file`: the external data the graph was built with (`GraphBuilder(data_file=)`),
+    moved into OUT as DATA_FILE; otherwise large graphs are split here.
     """
     from faircalib_runtime.defaults import family_defaults
 
@@ -489,7 +535,7 @@ def write_export_dir(model: onnx.ModelProto, deploy_dir: Path, meta: dict, out: 
     size = sum(t.ByteSize() for t in model.graph.initializer)
     # protobuf cannot serialize a message over 2 GiB: a larger graph is checked from its
     # saved file (with its external data) instead of in memory
-    in_memory_check = size < PROTOBUF_LIMIT_BYTES
+    in_memory_check = size < PROTOBUF_LIMIT_BYTES and data_file is None
     if in_memory_check:
         onnx.checker.check_model(model)
     cfg = ModelConfig(**meta["model_config"])
@@ -498,8 +544,13 @@ def write_export_dir(model: onnx.ModelProto, deploy_dir: Path, meta: dict, out: 
     gen_file = deploy_dir / "generation_config.json"
     generation = read_json(gen_file) if gen_file.is_file() else {}
     external = external_data if external_data is not None else size > EXTERNAL_DATA_BYTES
+    external = external or data_file is not None
     with atomic_dir(out, kind, inputs=(deploy_dir,), overwrite=overwrite) as tmp:
-        if external:
+        if data_file is not None:
+            onnx.save_model(model, str(tmp / MODEL_FILE))
+            os.replace(data_file, tmp / DATA_FILE)
+            (tmp / DATA_FILE).chmod(0o644)
+        elif external:
             # small tensors (shapes, axes) stay inline: shape inference must read them
             onnx.save_model(model, str(tmp / MODEL_FILE), save_as_external_data=True,
                             all_tensors_to_one_file=True, location=DATA_FILE,
@@ -549,15 +600,33 @@ def export_onnx(deploy_dir: str | Path, out: str | Path,
     deploy_dir = Path(deploy_dir)
     check_output(out, "onnx", (deploy_dir,), overwrite)
     meta, tensors = read_deploy(deploy_dir)
-    builder = GraphBuilder(f"faircalib-{meta['family']}-{options.variant}")
-    level = options.matmulnbits_accuracy_level
-    _Writer(builder, meta, tensors, options.variant, head_activations=options.head_activations,
-            accuracy_level=level).build()
-    model = builder.model({MS_DOMAIN: 1} if options.variant == "weight-only" else None)
-    extra = {"ort_session_config": ORT_SESSION_CONFIG,
-             "head_activations": options.head_activations, "accuracy_level": level}
-    if options.variant == "weight-only":
-        extra["a_bits"] = NO_QUANT_BITS
-    return write_export_dir(model, deploy_dir, meta, out, variant=options.variant,
-                            external_data=options.external_data, kind="onnx", extra=extra,
-                            overwrite=overwrite)
+    weights = deploy_dir / "weights.safetensors"
+    external = options.external_data if options.external_data is not None \
+        else weights.stat().st_size > EXTERNAL_DATA_BYTES
+    # external: the weights stream to a staging file beside OUT while the graph is built
+    # (one weight in memory at a time), which write_export_dir moves into OUT
+    out = Path(out)
+    data_file = out.parent / f".{out.name}.data-{os.getpid()}" if external else None
+    try:
+        builder = GraphBuilder(f"faircalib-{meta['family']}-{options.variant}", data_file,
+                               location=DATA_FILE)
+        level = options.matmulnbits_accuracy_level
+        _Writer(builder, meta, tensors, options.variant,
+                head_activations=options.head_activations, accuracy_level=level).build()
+        opset = dict(opset=FP4_OPSET, ir_version=FP4_IR_VERSION) \
+            if options.variant == "w4a4-fp4" else {}
+        domains = {MS_DOMAIN: 1} if options.variant == "weight-only" else None
+        model = builder.model(domains, **opset)
+        session_config, disabled = ORT_MEMORY[options.ort_memory]
+        extra = {"ort_session_config": {**ORT_SESSION_CONFIG, **session_config},
+                 "ort_memory": options.ort_memory, "ort_disabled_optimizers": disabled,
+                 "head_activations": options.head_activations, "accuracy_level": level,
+                 "quant_format": quant_format(meta).value}
+        if options.variant == "weight-only":
+            extra["a_bits"] = NO_QUANT_BITS
+        return write_export_dir(model, deploy_dir, meta, out, variant=options.variant,
+                                external_data=options.external_data, kind="onnx",
+                                extra=extra, overwrite=overwrite, data_file=data_file)
+    finally:
+        if data_file is not None:
+            data_file.unlink(missing_ok=True)  # moved into OUT on success

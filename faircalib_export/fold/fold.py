@@ -15,25 +15,40 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from ..artifacts import atomic_dir, check_output, file_sha256, write_manifest
-from ..calibrate.artifact import load_quantized, read_calib_config, read_manifest
+from ..calibrate.artifact import load_quant_block, open_base, read_calib_config, read_manifest
 from ..errors import ConfigError
 from ..models.families import LINEAR_SITE, get_family
+from ..models.loading import TensorFileWriter, load_tensors
+from ..quant.formats import QuantFormat, encode_block_scales
 from ..quant.quantizer import NO_QUANT_BITS, quantize_rows
-from .deployed import DEPLOY_JSON, FORMAT, WEIGHTS
-from .pack import pack_int4
+from .deployed import DEPLOY_JSON, FORMAT, WEIGHTS, fp4_meta
+from .pack import pack_fp4, pack_int4
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "vocab.json", "merges.txt", "generation_config.json")
 
 
 def _store_codes(out: dict, prefix: str, codes: torch.Tensor, scale: torch.Tensor,
-                 bits: int) -> None:
+                 bits: int, block_scale: torch.Tensor | None = None,
+                 fmt: QuantFormat = QuantFormat.INT) -> None:
+    if fmt.is_fp4:
+        _store_fp4(out, prefix, codes, scale, block_scale, fmt)
+        return
     codes = codes.to(torch.int8).cpu()
     out[f"{prefix}.qweight"] = (torch.from_numpy(pack_int4(codes.numpy())) if bits <= 4
                                 else codes)
+    out[f"{prefix}.scale"] = scale.reshape(-1).float().cpu()
+
+
+def _store_fp4(out: dict, prefix: str, values: torch.Tensor, scale: torch.Tensor,
+               block_scale: torch.Tensor, fmt: QuantFormat) -> None:
+    """E2M1 values packed two per byte, block scales as their E4M3 / E8M0 bytes, the
+    second-level (per row) scale as fp32."""
+    out[f"{prefix}.qweight"] = torch.from_numpy(pack_fp4(values.float().cpu().numpy()))
+    out[f"{prefix}.block_scale"] = torch.from_numpy(
+        encode_block_scales(fmt, block_scale.float().cpu().numpy()))
     out[f"{prefix}.scale"] = scale.reshape(-1).float().cpu()
 
 
@@ -46,29 +61,11 @@ def fold_artifact(artifact: str | Path, out: str | Path, *, embed_bits: int = 16
     if head_bits not in (4, 8, 16):
         raise ConfigError(f"LM head bits must be 4, 8 or 16, got {head_bits}")
     artifact = Path(artifact)
-    manifest = read_manifest(artifact)
+    read_manifest(artifact)  # a clear error for a non-artifact before the output check
     check_output(out, "folded", (artifact,), overwrite)
+    manifest, plan = open_base(artifact, base_model)
     calib = read_calib_config(manifest)
-    base = Path(base_model or manifest["config"]["base_model"])
-    model = load_quantized(artifact, base)
-    cfg = model.cfg
-    tensors: dict[str, torch.Tensor] = {}
-    with torch.no_grad():
-        for i, qb in enumerate(model.blocks):
-            block = qb.folded()
-            for lin in LINEAR_SITE:
-                _store_codes(tensors, f"blocks.{i}.{lin}", block.pop(f"{lin}.codes"),
-                             block.pop(f"{lin}.scale"), calib.w_bits)
-            tensors.update({f"blocks.{i}.{name}": value for name, value in block.items()})
-        tensors["norm.weight"] = model.norm.weight.detach().float()
-        for name, weight, bits in (("embed", model.embed.weight, embed_bits),
-                                   ("lm_head", model.lm_head.weight, head_bits)):
-            if bits == 16:
-                tensors[f"{name}.weight"] = weight.detach().half()
-            else:
-                codes, scale = quantize_rows(weight.detach().double(), bits)
-                _store_codes(tensors, name, codes, scale, bits)
-
+    base, cfg = plan.path, plan.cfg
     family = get_family(cfg.family)
     meta = {
         "format": FORMAT, "version": 1, "family": cfg.family,
@@ -81,9 +78,38 @@ def fold_artifact(artifact: str | Path, out: str | Path, *, embed_bits: int = 16
         "default_policy": family.default_policy,
         "activation_quantization": "per token, symmetric, scale = act_clip * max|x| / qmax"
                                    if calib.a_bits != NO_QUANT_BITS else "none",
+        **fp4_meta(calib.format, calib.a_bits != NO_QUANT_BITS),
     }
-    with atomic_dir(out, "folded", inputs=(artifact,), overwrite=overwrite) as tmp:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / WEIGHTS))
+    with atomic_dir(out, "folded", inputs=(artifact,), overwrite=overwrite) as tmp, \
+            TensorFileWriter(tmp / WEIGHTS) as weights, torch.no_grad():
+        # One block at a time: read its base weights, fold, write the packed result, so
+        # peak memory is one block's fold (or one table), whatever the depth.
+        for i in range(cfg.num_layers):
+            block = load_quant_block(artifact, manifest, plan, i).folded()
+            tensors: dict[str, torch.Tensor] = {}
+            for lin in LINEAR_SITE:
+                _store_codes(tensors, f"blocks.{i}.{lin}", block.pop(f"{lin}.codes"),
+                             block.pop(f"{lin}.scale"), calib.w_bits,
+                             block.pop(f"{lin}.block_scale", None), calib.format)
+            tensors.update({f"blocks.{i}.{name}": value for name, value in block.items()})
+            for name, value in tensors.items():
+                weights.add(name, value)
+            del block, tensors
+        weights.add("norm.weight", load_tensors(plan, ["norm.weight"], "fp32")["norm.weight"])
+        # The tables are read as fp16 (they stay 16-bit in deployment), then quantized from
+        # that when asked, as the calibrated model sees them (`load_quantized`).
+        for name, bits in (("embed", embed_bits), ("lm_head", head_bits)):
+            weight = load_tensors(plan, [f"{name}.weight"], "fp16")[f"{name}.weight"]
+            if bits == 16:
+                weights.add(f"{name}.weight", weight)
+            else:
+                table: dict[str, torch.Tensor] = {}
+                codes, scale = quantize_rows(weight.double(), bits)
+                _store_codes(table, name, codes, scale, bits)
+                for key, value in table.items():
+                    weights.add(key, value)
+            del weight
+        weights.close()
         (tmp / DEPLOY_JSON).write_text(json.dumps(meta, indent=1) + "\n")
         for name in TOKENIZER_FILES:
             if (base / name).is_file():

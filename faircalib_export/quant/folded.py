@@ -6,6 +6,11 @@ A folded block is a dict of tensors with block-relative names:
   <lin>.codes (out, in) int8, <lin>.scale (out,) float32, <lin>.bias (optional)
                                        W = codes * scale; the o / down site scales are in
                                        the rows of v_proj / up_proj
+  FP4 formats: <lin>.codes (out, in) float32 E2M1 values, <lin>.block_scale (out, in / B)
+                                       float32 (E4M3 or E8M0 values), <lin>.scale (out,)
+                                       the second-level scale (NVFP4's tensor scale; 1 for
+                                       MXFP4) with the o / down site scales folded in:
+                                       W = (codes * block_scale) * scale
   <site>.p1, <site>.p2                 online Kronecker factors (absent when P = I)
   <site>.act_clip                      activation clip ratio (scalar)
 `QuantBlock.folded()` produces it from calibration parameters (float64 math), `fold`
@@ -20,7 +25,9 @@ import torch.nn.functional as F
 
 from ..models.config import ModelConfig
 from ..models.transformer import apply_rope, attention
-from .quantizer import NO_QUANT_BITS, fake_quant, row_scale
+from .formats import QuantFormat
+from .fp4 import expand_blocks
+from .quantizer import NO_QUANT_BITS, act_fake_quant
 
 LINEARS = ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj", "mlp.gate_proj",
            "mlp.up_proj", "mlp.down_proj")
@@ -32,15 +39,23 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def dequantized(block: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Replace codes/scales by float32 weights (codes * scale), keeping everything else."""
-    out = {k: v for k, v in block.items() if not k.endswith((".codes", ".scale"))}
+    """Replace codes/scales by float32 weights (codes * scale, FP4: (codes * block_scale)
+    * scale), keeping everything else."""
+    out = {k: v for k, v in block.items()
+           if not k.endswith((".codes", ".scale", ".block_scale"))}
     for lin in LINEARS:
         scale = block[f"{lin}.scale"].float()[:, None]
-        out[f"{lin}.weight"] = block[f"{lin}.codes"].float() * scale
+        codes = block[f"{lin}.codes"].float()
+        block_scale = block.get(f"{lin}.block_scale")
+        if block_scale is not None:  # FP4: B = in / blocks
+            codes = codes * expand_blocks(block_scale.float(),
+                                          codes.shape[1] // block_scale.shape[1])
+        out[f"{lin}.weight"] = codes * scale
     return out
 
 
-def _site(w: dict[str, torch.Tensor], site: str, x: torch.Tensor, a_bits: int) -> torch.Tensor:
+def _site(w: dict[str, torch.Tensor], site: str, x: torch.Tensor, a_bits: int,
+          fmt: QuantFormat = QuantFormat.INT) -> torch.Tensor:
     p1 = w.get(f"{site}.p1")
     if p1 is not None:
         p2 = w[f"{site}.p2"]
@@ -48,8 +63,7 @@ def _site(w: dict[str, torch.Tensor], site: str, x: torch.Tensor, a_bits: int) -
         x = (p1 @ x.reshape(*x.shape[:-1], n1, n2) @ p2.T).reshape(x.shape)
     if a_bits == NO_QUANT_BITS:
         return x
-    clip = w[f"{site}.act_clip"]
-    return fake_quant(x, row_scale(x, a_bits, clip), a_bits)
+    return act_fake_quant(x, a_bits, w[f"{site}.act_clip"], fmt)
 
 
 def block_math(cfg: ModelConfig, h, cos, sin, mask, *, norm, site, mm, past=None,
@@ -73,12 +87,14 @@ def block_math(cfg: ModelConfig, h, cos, sin, mask, *, norm, site, mm, past=None
 
 
 def block_forward(w: dict[str, torch.Tensor], cfg: ModelConfig, a_bits: int, h, cos, sin,
-                  mask, past=None, present=None) -> torch.Tensor:
-    """One folded W4A4 block (weights already dequantized by `dequantized`)."""
+                  mask, past=None, present=None, *,
+                  fmt: QuantFormat = QuantFormat.INT) -> torch.Tensor:
+    """One folded W4A4 block (weights already dequantized by `dequantized`); `fmt` is the
+    activation format."""
     return block_math(
         cfg, h, cos, sin, mask,
         norm=lambda name, x: rms_norm(x, w[f"{name}.weight"], cfg.rms_norm_eps),
-        site=lambda name, x: _site(w, name, x, a_bits),
+        site=lambda name, x: _site(w, name, x, a_bits, fmt),
         mm=lambda lin, x: F.linear(x, w[f"{lin}.weight"], w.get(f"{lin}.bias")),
         past=past, present=present,
     )

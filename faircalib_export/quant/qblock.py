@@ -16,7 +16,11 @@ deployment arithmetic (`quant/folded.py`), which a calibrated model evaluates wi
 rounds exactly as the exported model does.
 
 `weight_override` replaces a linear's quantized weight by precomputed integer codes and
-per-row scales (GPTQ output for the QuaRot baseline).
+per-row scales (GPTQ output for the QuaRot baseline; integer format only).
+
+FP4 formats (spec.format) quantize weights per block of the input dimension and
+activations per token and block; the row-scale move above stays exact because the
+folded FP4 weight keeps a per-row second-level scale (see folded.py).
 """
 
 from __future__ import annotations
@@ -47,17 +51,24 @@ class QuantBlock(nn.Module):
         self.cfg, self.spec = cfg, spec
         self.fp = block
         self.fp.requires_grad_(False)
+        if spec.format.is_fp4:
+            for site in transform_sites(cfg):
+                if site.dim % spec.format.block_size:
+                    raise ConfigError(f"{spec.format.value} quantizes blocks of "
+                                      f"{spec.format.block_size} inputs; the {site.name} "
+                                      f"site's width {site.dim} is not a multiple")
         kv_groups = (cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim)
         self.sites = nn.ModuleDict({
             site.name: SiteTransform(site.dim, spec.transform, spec.smooth, seed + 7 * i,
                                      kv_groups=kv_groups if site.name == "o" else None)
             for i, site in enumerate(transform_sites(cfg))
         })
-        self.act = nn.ModuleDict({name: ActQuantizer(spec.a_bits, spec.learn_a_clip)
+        self.act = nn.ModuleDict({name: ActQuantizer(spec.a_bits, spec.learn_a_clip,
+                                                     spec.format)
                                   for name in self.sites})
         self.wq = nn.ModuleDict({
             _key(name): WeightQuantizer(self.linear(name).out_features, spec.w_bits,
-                                        spec.learn_w_clip)
+                                        spec.learn_w_clip, spec.format)
             for name in LINEAR_SITE
         })
         self.weight_override: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -100,6 +111,9 @@ class QuantBlock(nn.Module):
         """Integer codes and per-row scales (float64) of a linear's folded weight."""
         if self.spec.w_bits == NO_QUANT_BITS:
             raise ConfigError("16-bit weights have no integer codes (nothing to fold)")
+        if self.spec.format.is_fp4:
+            raise ConfigError(f"{self.spec.format.value} weights have no integer codes "
+                              f"(see fp4_weight)")
         if name in self.weight_override:
             return self.weight_override[name]
         with torch.no_grad():
@@ -114,8 +128,17 @@ class QuantBlock(nn.Module):
             # the step's matmul work.
             return checkpoint(self._fold_and_quantize, name, use_reentrant=False)
         # Evaluation folds in float64, exactly as `fold` does, so both round alike.
+        if self.spec.format.is_fp4:
+            with torch.no_grad():
+                w = self.wq[_key(name)](self.folded_weight(name, torch.float64))
+            return w.to(self.linear(name).weight.dtype)
         codes, scale = self.weight_codes(name)
         return (codes.double() * scale).to(self.linear(name).weight.dtype)
+
+    def fp4_weight(self, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """FP4 E2M1 values (out, in), block scales (out, in / B) and second-level scale
+        of a linear's folded weight (float64)."""
+        return self.wq[_key(name)].fp4_codes(self.folded_weight(name, torch.float64))
 
     def _fold_and_quantize(self, name: str) -> torch.Tensor:
         return self.wq[_key(name)](self.folded_weight(name))
@@ -144,16 +167,22 @@ class QuantBlock(nn.Module):
             out[f"{norm}.weight"] = (w if c[site] is None else w / c[site]).float()
         o_rows = None if self.sites["o"].log_c is None else self.sites["o"].log_c.double().exp()
         row_div = {"attn.v_proj": o_rows, "mlp.up_proj": c["down"]}
+        fp4 = self.spec.format.is_fp4
         for name in LINEAR_SITE:
-            codes, scale = self.weight_codes(name)
-            scale = scale.double().reshape(-1)
+            if fp4:  # per-row second-level scale t, so the row division stays exact
+                codes, block_scale, tensor = self.fp4_weight(name)
+                scale = tensor.double().expand(codes.shape[0]).clone()
+                out[f"{name}.block_scale"] = block_scale.float()
+            else:
+                codes, scale = self.weight_codes(name)
+                scale = scale.double().reshape(-1)
             bias = self.linear(name).bias
             bias = None if bias is None else bias.double()
             div = row_div.get(name)
             if div is not None:
                 scale = scale / div
                 bias = None if bias is None else bias / div
-            out[f"{name}.codes"] = codes.to(torch.int8)
+            out[f"{name}.codes"] = codes.float() if fp4 else codes.to(torch.int8)
             out[f"{name}.scale"] = scale.float()
             if bias is not None:
                 out[f"{name}.bias"] = bias.float()
@@ -170,7 +199,7 @@ class QuantBlock(nn.Module):
         `past` / `present`: cached keys and values (`models.transformer.attention`)."""
         if self._folded_cache is not None:
             return block_forward(self._folded_cache, self.cfg, self.spec.a_bits, h, cos, sin,
-                                 attn_mask, past, present)
+                                 attn_mask, past, present, fmt=self.spec.format)
         return block_math(
             self.cfg, h, cos, sin, attn_mask,
             norm=lambda name, x: getattr(self.fp, name)(x),

@@ -9,6 +9,10 @@ clipped max magnitude to 2^(b-1) - 1, so the extra negative level only absorbs r
 
 Clip ratios are sigmoid(logit) so they stay in (0, 1); gradients reach them through
 the scale (LSQ-style), and reach the inputs through the straight-through estimator.
+
+FP4 formats (`formats.py`, `fp4.py`) keep the same clip parameters and apply them to
+the block amax: weights quantize per block of the input dimension (one clip per row),
+activations per token and block (one clip per site).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import math
 import torch
 from torch import nn
 
+from .formats import QuantFormat
+from .fp4 import fp4_fake_quant, fp4_quantize
 from .spec import NO_QUANT_BITS, check_bits
 
 CLIP_INIT_LOGIT = 4.0  # sigmoid(4) = 0.982: a slight clip, learnable either way
@@ -51,12 +57,24 @@ def quantize_rows(x: torch.Tensor, bits: int, clip: torch.Tensor | float = 1.0):
     return q.to(torch.int8), scale
 
 
-class WeightQuantizer(nn.Module):
-    """Per-output-channel fake quantizer with an optional learnable clip per row."""
+def act_fake_quant(x: torch.Tensor, bits: int, clip: torch.Tensor,
+                   fmt: QuantFormat = QuantFormat.INT) -> torch.Tensor:
+    """Dynamic activation fake-quant along the last dim: per token (int), per token and
+    block with a per-token second-level scale (FP4)."""
+    if fmt.is_fp4:
+        return fp4_fake_quant(x, fmt, clip)
+    return fake_quant(x, row_scale(x, bits, clip), bits)
 
-    def __init__(self, out_features: int, bits: int, learnable_clip: bool):
+
+class WeightQuantizer(nn.Module):
+    """Per-output-channel (int) or per-block (FP4) fake quantizer with an optional
+    learnable clip per row."""
+
+    def __init__(self, out_features: int, bits: int, learnable_clip: bool,
+                 fmt: QuantFormat = QuantFormat.INT):
         super().__init__()
         self.bits = check_bits(bits, "weight", allow_16=True)
+        self.format = QuantFormat(fmt)
         init = torch.full((out_features, 1), CLIP_INIT_LOGIT)
         if learnable_clip:
             self.clip_logit = nn.Parameter(init)
@@ -71,18 +89,31 @@ class WeightQuantizer(nn.Module):
         """Integer codes (int8) and per-row scales of w, in w's dtype."""
         return quantize_rows(w, self.bits, self.clip(w.dtype))
 
+    def fp4_codes(self, w: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """FP4 (out, in) E2M1 values, (out, in / B) block scales and the second-level
+        scale t (NVFP4: max|W| / 2688; MXFP4: 1), in w's dtype, no gradient."""
+        with torch.no_grad():
+            return fp4_quantize(w, self.format, self.clip(w.dtype), self._tensor_amax(w))
+
+    def _tensor_amax(self, w: torch.Tensor) -> torch.Tensor | None:
+        return w.abs().amax() if self.format is QuantFormat.NVFP4 else None
+
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         if self.bits == NO_QUANT_BITS:  # reference runs: weights left as they are
             return w
+        if self.format.is_fp4:
+            return fp4_fake_quant(w, self.format, self.clip(w.dtype), self._tensor_amax(w))
         return fake_quant(w, row_scale(w, self.bits, self.clip(w.dtype)), self.bits)
 
 
 class ActQuantizer(nn.Module):
-    """Per-token dynamic fake quantizer with one (optionally learnable) clip per site."""
+    """Per-token (int) or per-token-block (FP4) dynamic fake quantizer with one
+    (optionally learnable) clip per site."""
 
-    def __init__(self, bits: int, learnable_clip: bool):
+    def __init__(self, bits: int, learnable_clip: bool, fmt: QuantFormat = QuantFormat.INT):
         super().__init__()
         self.bits = check_bits(bits, "activation", allow_16=True)
+        self.format = QuantFormat(fmt)
         if learnable_clip:
             self.clip_logit = nn.Parameter(torch.tensor(CLIP_INIT_LOGIT))
         else:
@@ -96,7 +127,7 @@ class ActQuantizer(nn.Module):
         only) each element keeps its full-precision value with that probability."""
         if self.bits == NO_QUANT_BITS:
             return x
-        xq = fake_quant(x, row_scale(x, self.bits, self.clip()), self.bits)
+        xq = act_fake_quant(x, self.bits, self.clip(), self.format)
         if drop_prob > 0:
             return torch.where(torch.rand_like(x) < drop_prob, x, xq)
         return xq

@@ -30,7 +30,10 @@ class ExportError(RuntimeError):
 
 # The variants faircalib-export writes (export/onnx_export.py VARIANTS and the TensorRT
 # exporter's plugin graph); kept here because the runtime never imports faircalib_export.
-KNOWN_VARIANTS = ("w4a4", "w4a4-int", "weight-only", "tensorrt-plugins")
+KNOWN_VARIANTS = ("w4a4", "w4a4-int", "weight-only", "tensorrt-plugins", "w4a4-fp4",
+                  "w4a4-fp4-emu")
+# FLOAT4E2M1 Q/DQ at opset 23: ONNX Runtime's CPU provider has no kernels for it
+FP4_QDQ_VARIANT = "w4a4-fp4"
 FORMAT = "faircalib-onnx"
 SUPPORTED_VERSIONS = (1,)
 
@@ -109,6 +112,9 @@ def validate_runtime_config(config: Any, file: str | Path) -> dict:
     if not (isinstance(session_config, dict)
             and all(isinstance(v, str) for v in session_config.values())):
         raise bad("ort_session_config", "must map setting names to strings")
+    disabled = config.get("ort_disabled_optimizers", [])
+    if not (isinstance(disabled, list) and all(isinstance(v, str) for v in disabled)):
+        raise bad("ort_disabled_optimizers", "must be a list of optimizer names")
     if config.get("cache") is not None:
         _validate_cache(config["cache"], deploy, bad)
     return config
@@ -169,10 +175,16 @@ class OnnxBackend:
         try:
             self.session = ort.InferenceSession(
                 str(self.directory / self.config["model_file"]), options,
-                providers=list(providers or ["CPUExecutionProvider"]))
+                providers=list(providers or ["CPUExecutionProvider"]),
+                # e.g. ConstantFolding, for exports that keep their weights packed
+                disabled_optimizers=self.config.get("ort_disabled_optimizers") or None)
         except Exception as err:  # ORT raises its own exception types
+            hint = (f" (the {FP4_QDQ_VARIANT} graph needs FP4 Q/DQ kernels; run it with "
+                    f"onnx.reference.ReferenceEvaluator or an FP4 runtime, or export "
+                    f"--variant w4a4-fp4-emu for ONNX Runtime on CPU)"
+                    if self.config["variant"] == FP4_QDQ_VARIANT else "")
             raise ExportError(f"{self.directory}: ONNX Runtime cannot load the graph: {err}"
-                              ) from err
+                              f"{hint}") from err
         self.summary_names = list(self.config["outputs"]["summary"])
         self._check_outputs()
         self.cache = self.config.get("cache")  # None: an export without the KV cache

@@ -72,3 +72,23 @@ def test_fold_bad_input(tmp_path, calibrated):
     with pytest.raises(ConfigError, match="embedding bits"):
         fold_artifact(art, tmp_path / "out", embed_bits=4)
     assert not (tmp_path / "out").exists()
+
+
+def test_fold_reads_one_block_at_a_time(calibrated, tmp_path, monkeypatch):
+    """Streaming: fold never builds the whole model, so its peak memory is one block's
+    fold plus the packed output (benchmarks/bench_real_scale.py measures it)."""
+    from faircalib_export.models import loading
+
+    _, art = calibrated
+    prefixes = []
+    real = loading.load_module
+
+    def recording(plan, build, prefix="", *args, **kwargs):
+        prefixes.append(prefix)
+        return real(plan, build, prefix, *args, **kwargs)
+
+    monkeypatch.setattr(loading, "load_module", recording)
+    fold_artifact(art, tmp_path / "deploy")
+    layers = json.loads((tmp_path / "deploy" / "deploy.json").read_text())[
+        "model_config"]["num_layers"]
+    assert prefixes == [f"blocks.{i}." for i in range(layers)]

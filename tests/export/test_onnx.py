@@ -95,10 +95,19 @@ def test_summary_dtypes(exported):
 
 
 def test_external_data_and_missing_file(exported, tmp_path):
-    deploy, _ = exported
+    """The streamed external-data export is the same graph as the in-memory one (same
+    initializers, same logits), leaves nothing beside OUT, and a missing data file is a
+    clear error."""
+    deploy, inline = exported
     out = export_onnx(deploy, tmp_path / "ext", ExportOptions(external_data=True))
     assert (out / "model.onnx.data").stat().st_size > (out / "model.onnx").stat().st_size
-    OnnxBackend(out)  # loads
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ext"]
+    a, b = onnx.load(str(inline / "model.onnx")), onnx.load(str(out / "model.onnx"))
+    assert {t.name: onnx.numpy_helper.to_array(t).tobytes() for t in a.graph.initializer} == \
+        {t.name: onnx.numpy_helper.to_array(t).tobytes() for t in b.graph.initializer}
+    ids, mask, pos = (x.numpy() for x in padded_batch())
+    assert np.array_equal(OnnxBackend(inline).forward(ids, mask, pos, "logits").logits,
+                          OnnxBackend(out).forward(ids, mask, pos, "logits").logits)
     (out / "model.onnx.data").unlink()
     with pytest.raises(ExportError, match="model.onnx.data"):
         OnnxBackend(out)
@@ -191,3 +200,29 @@ def test_generate_from_onnx_without_torch(exported):
     result = subprocess.run([sys.executable, "-c", NO_TORCH, str(out)], capture_output=True,
                             text=True, timeout=120)
     assert "NO_TORCH_OK" in result.stdout, result.stderr
+
+
+def test_low_memory_session_computes_the_same(exported, tmp_path):
+    """--ort-memory low: runtime.json turns off prepacking and constant folding, the
+    session opens with them off, and the logits are the same numbers."""
+    import json
+
+    deploy, fast = exported
+    low = export_onnx(deploy, tmp_path / "low", ExportOptions(ort_memory="low"))
+    config = json.loads((low / "runtime.json").read_text())
+    assert config["ort_memory"] == "low"
+    assert config["ort_session_config"]["session.disable_prepacking"] == "1"
+    assert config["ort_disabled_optimizers"] == ["ConstantFolding"]
+    backend = OnnxBackend(low)
+    assert backend.session.get_session_options().get_session_config_entry(
+        "session.disable_prepacking") == "1"
+    ids, mask, pos = (x.numpy() for x in padded_batch())
+    a = OnnxBackend(fast).forward(ids, mask, pos, "logits").logits
+    b = backend.forward(ids, mask, pos, "logits").logits
+    assert np.allclose(a, b, rtol=1e-5, atol=1e-5)
+    config["ort_disabled_optimizers"] = "ConstantFolding"  # not a list
+    (low / "runtime.json").write_text(json.dumps(config))
+    with pytest.raises(ExportError, match="ort_disabled_optimizers"):
+        OnnxBackend(low)
+    with pytest.raises(Exception, match="ORT memory mode"):
+        ExportOptions(ort_memory="tiny")
