@@ -5,7 +5,8 @@
 CPU benchmarks: calibration time and peak memory per method, Stage II memory scaling and
 the 7-8B plans, checkpoint loading memory, deployment size and decode throughput
 (PyTorch FP32, ONNX W4A4, ONNX weight-only), policy overhead, probing cost, fast decoding
-(speed per mode; accuracy vs threshold on the shipped models), ONNX graph costs. `--gpu` adds
+(speed per mode; accuracy vs threshold on the shipped models), ONNX graph costs, eval
+throughput of 1 vs 2 processes under torchrun. `--gpu` adds
 the int4 GEMM kernels (needs CUDA and the built kernels). `--quick` runs one shipped model
 and fewer methods. Each runs in its own process; a failure is reported and the rest go on.
 """
@@ -33,7 +34,8 @@ def jobs(quick: bool, gpu: bool) -> list[list[str]]:
            ["bench_fast_decode.py"] + (["--layers", "2"] if quick else []),
            ["bench_fast_accuracy.py"] + (["--limit", "100", "--models", "llada-chain"]
                                          if quick else []),
-           ["bench_ort_costs.py"]]
+           ["bench_ort_costs.py"],
+           ["bench_distributed.py"] + (["--limit", "256"] if quick else [])]
     if gpu:
         out.append(["bench_gemm_trt.py"])
     return out

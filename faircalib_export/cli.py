@@ -133,6 +133,10 @@ def calibrate(
     w_bits: Annotated[int, typer.Option("--wbits", "--w-bits", help="Weight bits (2-8).")] = 4,
     a_bits: Annotated[int, typer.Option("--abits", "--a-bits",
                                         help="Activation bits (2-8, 16 = none).")] = 4,
+    quant_format: Annotated[str, typer.Option(
+        "--format", help="int (integer grid, per channel / token), nvfp4 (E2M1, E4M3 scale "
+                         "per 16, FP32 tensor scale) or mxfp4 (E2M1, E8M0 scale per 32); "
+                         "the FP4 formats are W4A4.")] = CalibConfig.format.value,
     seed: int = 0,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     overwrite: OverwriteOpt = False,
@@ -147,7 +151,8 @@ def calibrate(
 
     path = resolve_model(model)
     _, mcfg = read_config(path)
-    cfg = CalibConfig(method=method, w_bits=w_bits, a_bits=a_bits, epochs=epochs,
+    cfg = CalibConfig(method=method, w_bits=w_bits, a_bits=a_bits, format=quant_format,
+                      epochs=epochs,
                       batch_size=batch_size, lr=lr, seed=seed, device=device
                       ).resolved(mcfg.hidden_size)
     epochs = cfg.epochs
@@ -306,7 +311,9 @@ def export(
         help="TensorRT target GPU profile (configs/targets).")] = "rtx4090",
     variant: Annotated[str, typer.Option(
         help="w4a4 (portable int4 Q/DQ graph), w4a4-int (same numbers with integer GEMMs: "
-             "faster on CPU) or weight-only (MatMulNBits, W4A16).")] = "w4a4",
+             "faster on CPU) or weight-only (MatMulNBits, W4A16); for nvfp4 / mxfp4 models "
+             "w4a4-fp4 (opset-23 FLOAT4E2M1 Q/DQ) or w4a4-fp4-emu (FP4 rounding as float ops, "
+             "for ONNX Runtime on CPU).")] = "w4a4",
     external_data: Annotated[bool | None, typer.Option(
         "--external-data/--inline-data",
         help="Weights in model.onnx.data beside the graph. Default: only above 1 GiB.")
@@ -319,6 +326,11 @@ def export(
         help="MatMulNBits accuracy level of the weight-only graph: 0 unset, 1 fp32 (default: "
              "exact W4A16), 2 fp16, 3 bf16, 4 int8 per block of 32 (faster for short "
              "steps only).")] = None,
+    ort_memory: Annotated[str, typer.Option(
+        help="How ONNX Runtime holds the weights: fast (its defaults: casts folded and GEMM "
+             "operands prepacked at load, about 2x the file in memory) or low (weights kept "
+             "as stored and widened per op at run time: about the file's size, slower).")
+    ] = "fast",
     engine: Annotated[bool, typer.Option(
         help="--format tensorrt: build the engine (needs tensorrt, the plugin library and a "
              "GPU; nothing is written where they are missing). --no-engine writes the plugin "
@@ -343,7 +355,8 @@ def export(
     from .export.onnx_export import ExportOptions, export_onnx
 
     options = ExportOptions(variant=variant, external_data=external_data,
-                            head_activations=head_activations, accuracy_level=accuracy_level)
+                            head_activations=head_activations, accuracy_level=accuracy_level,
+                            ort_memory=ort_memory)
     path = export_onnx(deploy, out, options, overwrite=overwrite)
     size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
     console.print(f"wrote {variant} ONNX model {path} ({_mib(size)})")
@@ -442,8 +455,12 @@ def build(
     seed: int = 0,
     device: str = "cpu",
     variant: Annotated[str, typer.Option(
-        help="ONNX variant: auto (w4a4-int, integer GEMMs, on CPU; w4a4 on CUDA), w4a4 or "
-             "w4a4-int.")] = "auto",
+        help="ONNX variant: auto (int: w4a4-int, integer GEMMs, on CPU, w4a4 on CUDA; FP4: "
+             "w4a4-fp4-emu), w4a4, w4a4-int, w4a4-fp4 or w4a4-fp4-emu.")] = "auto",
+    format: Annotated[str | None, typer.Option(
+        "--format", help="Quantization format: int, nvfp4 or mxfp4 (default: the target's; "
+                         "nvfp4 on Blackwell targets such as rtx5090). TensorRT's FP4 graph "
+                         "is not written yet: an FP4 build skips the TensorRT stage.")] = None,
     tensorrt: Annotated[bool, typer.Option(help="Also build the TensorRT engine.")] = True,
     validate_prompts: Annotated[int, typer.Option(help="Prompts used by validation.")] = 32,
     quality_problems: Annotated[int, typer.Option(
@@ -469,7 +486,7 @@ def build(
 
     settings = BuildSettings(method=method, data=data, probe_data=probe_data, samples=samples,
                              seq_len=seq_len, epochs=epochs, seed=seed, device=device,
-                             variant=variant, tensorrt=tensorrt,
+                             variant=variant, format=format, tensorrt=tensorrt,
                              validate_prompts=validate_prompts,
                              quality_problems=quality_problems,
                              policy={"gen_length": gen_length, "steps": steps,
@@ -566,6 +583,9 @@ def eval_command(
     gen_length: Annotated[int | None, typer.Option(help="Generation window.")] = None,
     steps: Annotated[int | None, typer.Option(help="Denoising steps.")] = None,
     samples: Annotated[int, typer.Option(help="Monte Carlo samples per likelihood.")] = 8,
+    batch_size: Annotated[int | None, typer.Option(
+        help="Problems decoded together (default: 64 on tiny tasks, 8 on benchmarks); under "
+             "torchrun each process takes whole batches.")] = None,
     execute: Annotated[bool, typer.Option(
         help="HumanEval: run the tests on completions (a subprocess with a time limit, "
              "not a sandbox).")] = False,
@@ -579,9 +599,11 @@ def eval_command(
         "--overwrite", help="Replace an existing --output file.")] = False,
 ) -> None:
     """Accuracy of a model (any kind) with its own commit policy, as JSON."""
+    from . import checks
     from .artifacts import check_output_file
     from .evaluate import benchmark_names, evaluate_benchmark
 
+    checks.count("--batch-size", batch_size)
     if output is not None:  # before the evaluation, not after
         check_output_file(output, inputs=(model,), overwrite=overwrite)
     if task not in benchmark_names():
@@ -589,13 +611,12 @@ def eval_command(
         from .tiny.config import EVAL_LIMIT
 
         eval_cmd(model, task=task, limit=EVAL_LIMIT if limit is None else limit,
-                 gen_length=gen_length, steps=steps,
+                 gen_length=gen_length, steps=steps, batch_size=batch_size or 64,
                  seed=seed, output=output, overwrite=overwrite, decode=decode,
                  threshold=threshold, cache=cache)
         return
     from rich.progress import Progress
 
-    from . import checks
     from .opener import open_model
 
     checks.count("--limit", limit)
@@ -604,25 +625,39 @@ def eval_command(
         job = bar.add_task(f"{task}", total=limit)
         result = evaluate_benchmark(opened, task, path=data, limit=limit, seed=seed,
                                     samples=samples, execute=execute,
+                                    batch_size=batch_size or 8,
                                     progress=lambda *a: bar.advance(job),
                                     gen_length=gen_length, steps=steps,
                                     **decode_overrides(decode, threshold, cache))
     text = json.dumps(result, indent=1)
     console.print_json(text)
     if output is not None:
+        from . import distributed
         from .artifacts import write_output_file
 
-        write_output_file(output, text + "\n", inputs=(model,), overwrite=overwrite)
+        distributed.on_main(lambda: write_output_file(output, text + "\n", inputs=(model,),
+                                                      overwrite=overwrite))
 
 
 _DEBUG = {"on": False}
 
 
+# The commands that run data-parallel under torchrun (faircalib_export/distributed.py);
+# the others would have every rank write the same output, so they refuse to.
+DATA_PARALLEL = ("probe", "calibrate", "eval", "diagnose", "compare")
+
+
 @app.callback()
-def _options(debug: Annotated[bool, typer.Option(
+def _options(ctx: typer.Context, debug: Annotated[bool, typer.Option(
         "--debug", help="Show the full traceback of errors (bug reports).")] = False) -> None:
     """FAIR-Calib W4A4 quantization and edge export for diffusion LLMs (LLaDA, Dream)."""
+    from . import distributed
+
     _DEBUG["on"] = debug
+    if distributed.active() and ctx.invoked_subcommand not in DATA_PARALLEL:
+        raise distributed.DistributedError(
+            f"`{ctx.invoked_subcommand}` runs as one process; under torchrun only "
+            f"{', '.join(DATA_PARALLEL)} do")
 
 
 def user_error(err: BaseException) -> str | None:
@@ -653,8 +688,12 @@ def user_error(err: BaseException) -> str | None:
 def main(argv: list[str] | None = None) -> None:
     """The console script: user errors print one line and exit 2; bugs keep their traceback
     (and `--debug` shows it for user errors too)."""
+    from . import distributed
+
     try:
-        app(args=argv, prog_name="faircalib-export")
+        distributed.init()  # under torchrun only: the process group, this rank's GPU
+        with distributed.quiet_peers():  # under torchrun, rank 0 prints for all
+            app(args=argv, prog_name="faircalib-export")
     except Exception as err:
         message = user_error(err)
         if message is None or _DEBUG["on"]:
@@ -662,6 +701,8 @@ def main(argv: list[str] | None = None) -> None:
         err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False,
                           soft_wrap=True)  # one line, whatever the terminal width
         sys.exit(2)
+    finally:
+        distributed.teardown()
 
 
 if __name__ == "__main__":

@@ -17,10 +17,12 @@ import json
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
 
+from .. import distributed
 from ..artifacts import (
     MANIFEST,
     OutputError,
@@ -30,7 +32,8 @@ from ..artifacts import (
     write_manifest,
 )
 from ..errors import ConfigError
-from ..models.loading import inspect_checkpoint, load_model
+from ..models.loading import CheckpointPlan, inspect_checkpoint, load_block, load_module
+from ..models.transformer import Block, DiffusionLM
 from ..probe.prior import Prior
 from ..quant.qblock import QuantBlock
 from ..quant.spec import QuantSpec
@@ -62,7 +65,8 @@ def run_calibration(
     """Calibrate into `out`, working in `out.partial` (resumed when its settings match).
 
     OUT is claimed first (`artifacts.claim_output`): a foreign directory, the input itself
-    or a second concurrent run is refused before any work.
+    or a second concurrent run is refused before any work. Under torchrun rank 0 claims
+    and writes; every rank calibrates its share of `tokens` (`stage2`).
     """
     plan = inspect_checkpoint(model_path)
     cfg = cfg.resolved(plan.cfg.hidden_size)
@@ -72,30 +76,38 @@ def run_calibration(
     prior = prior if method.weighted else Prior.uniform()
     out = Path(out)
     partial = out.parent / f"{out.name}.partial"
-    settings = {"calib": cfg.to_dict(), "spec": method.spec(cfg.w_bits, cfg.a_bits).to_dict(),
+    settings = {"calib": cfg.to_dict(), "spec": cfg.spec().to_dict(),
                 "data": data_source, "n_samples": int(tokens.shape[0]),
                 "seq_len": int(tokens.shape[1]),
                 "tokens_sha256": _tensor_hash(tokens), "prior": prior.weights.tolist(),
                 "prior_floor": prior.floor}
-    with claim_output(out, KIND, inputs=(model_path,), overwrite=overwrite) as claim:
-        if partial.exists() and _partial_settings(partial) != settings:
-            if not (partial / "settings.json").is_file():
-                raise OutputError(f"{partial} exists but is not an unfinished calibration "
-                                  f"(no settings.json); move it away")
-            shutil.rmtree(partial)  # another run's work: its blocks are not reusable
-        partial.mkdir(parents=True, exist_ok=True)
-        (partial / "settings.json").write_text(json.dumps(settings, indent=1) + "\n")
+    claimed: list = []  # rank 0's claim on OUT, held (with its lock) for the whole run
+    with ExitStack() as held:
+        def claim_and_prepare() -> None:
+            claimed.append(held.enter_context(claim_output(out, KIND, inputs=(model_path,),
+                                                           overwrite=overwrite)))
+            if partial.exists() and _partial_settings(partial) != settings:
+                if not (partial / "settings.json").is_file():
+                    raise OutputError(f"{partial} exists but is not an unfinished calibration "
+                                      f"(no settings.json); move it away")
+                shutil.rmtree(partial)  # another run's work: its blocks are not reusable
+            partial.mkdir(parents=True, exist_ok=True)
+            (partial / "settings.json").write_text(json.dumps(settings, indent=1) + "\n")
 
+        def finish(stats: list[dict], seconds: float) -> None:
+            prior.save(partial)
+            (partial / "stats.json").write_text(json.dumps(stats, indent=1) + "\n")
+            write_manifest(partial, KIND, {**settings,
+                                           "base_model": str(Path(model_path).resolve()),
+                                           "family": plan.cfg.family},
+                           inputs=_base_inputs(Path(model_path)), seconds=round(seconds, 2))
+            (partial / "settings.json").unlink()
+            claimed[0].commit(partial)
+
+        distributed.on_main(claim_and_prepare)  # the other ranks wait for it, or its error
         start = time.time()
         stats = calibrate_blocks(plan, tokens, prior, cfg, partial / "blocks", progress)
-        prior.save(partial)
-        (partial / "stats.json").write_text(json.dumps(stats, indent=1) + "\n")
-        write_manifest(partial, KIND, {**settings, "base_model": str(Path(model_path).resolve()),
-                                       "family": plan.cfg.family},
-                       inputs=_base_inputs(Path(model_path)),
-                       seconds=round(time.time() - start, 2))
-        (partial / "settings.json").unlink()
-        claim.commit(partial)
+        distributed.on_main(lambda: finish(stats, time.time() - start))
     return out
 
 
@@ -130,6 +142,36 @@ def read_calib_config(manifest: dict) -> CalibConfig:
     return CalibConfig.from_dict(manifest["config"]["calib"])
 
 
+def open_base(artifact: str | Path, base_model: str | Path | None = None
+              ) -> tuple[dict, CheckpointPlan]:
+    """A calibrated artifact's manifest and the plan of the base checkpoint it was
+    calibrated on (`base_model` overrides the recorded path; its config must match)."""
+    artifact = Path(artifact)
+    manifest = read_manifest(artifact)
+    base = Path(base_model or manifest["config"]["base_model"])
+    cfg_hash = manifest["inputs"]["model_config"]["sha256"]
+    if file_sha256(base / "config.json") != cfg_hash:
+        raise ConfigError(f"{base}/config.json differs from the one {artifact} was calibrated on")
+    return manifest, inspect_checkpoint(base)
+
+
+def quant_block(artifact: Path, manifest: dict, block: Block, index: int) -> QuantBlock:
+    """Block `index` of the base model wrapped with its calibration state (calibration
+    form: `folded()` reads it directly, `convert()` makes it evaluate as deployed)."""
+    calib = read_calib_config(manifest)
+    spec = QuantSpec.from_dict(manifest["config"]["spec"])
+    qb = QuantBlock(block, spec, seed=calib.seed + 1000 * index)
+    device = next(block.parameters()).device
+    qb.load_calib_state(load_block_state(block_file(Path(artifact) / "blocks", index), device))
+    return qb
+
+
+def load_quant_block(artifact: str | Path, manifest: dict, plan: CheckpointPlan, index: int,
+                     device: str = "cpu") -> QuantBlock:
+    """One calibrated block, read alone (layer-wise stages never hold the whole model)."""
+    return quant_block(Path(artifact), manifest, load_block(plan, index, "fp32", device), index)
+
+
 def load_quantized(artifact: str | Path, base_model: str | Path | None = None,
                    device: str = "cpu"):
     """The base model with every block replaced by its calibrated fake-quant block.
@@ -137,19 +179,10 @@ def load_quantized(artifact: str | Path, base_model: str | Path | None = None,
     Embedding and LM head are rounded to fp16, as the deployment keeps them (SPEC: they
     stay 16-bit), so this model computes what the folded model computes.
     """
-    artifact = Path(artifact)
-    manifest = read_manifest(artifact)
-    base = Path(base_model or manifest["config"]["base_model"])
-    cfg_hash = manifest["inputs"]["model_config"]["sha256"]
-    if file_sha256(base / "config.json") != cfg_hash:
-        raise ConfigError(f"{base}/config.json differs from the one {artifact} was calibrated on")
-    model = load_model(base, "fp32", device)
-    calib = read_calib_config(manifest)
-    spec = QuantSpec.from_dict(manifest["config"]["spec"])
+    manifest, plan = open_base(artifact, base_model)
+    model = load_module(plan, lambda: DiffusionLM(plan.cfg), "", "fp32", device).eval()
     for i, block in enumerate(model.blocks):
-        qb = QuantBlock(block, spec, seed=calib.seed + 1000 * i)
-        qb.load_calib_state(load_block_state(block_file(artifact / "blocks", i), device))
-        model.blocks[i] = qb.convert()
+        model.blocks[i] = quant_block(Path(artifact), manifest, block, i).convert()
     with torch.no_grad():
         for table in {id(t): t for t in (model.embed.weight, model.lm_head.weight)}.values():
             table.copy_(table.half().float())

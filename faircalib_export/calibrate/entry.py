@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from .. import checks
+from .. import checks, distributed
 from ..artifacts import check_output
 from ..errors import ConfigError
 from ..probe.prior import Prior
@@ -46,7 +46,8 @@ def calibrate_checkpoint(
     checks.count("samples", samples)
     checks.count("seq_len", seq_len)
     path = resolve_model(model)
-    check_output(out, KIND, (path,), overwrite)  # before probing and tokenizing
+    # before probing and tokenizing; under torchrun rank 0 checks for all
+    distributed.on_main(lambda: check_output(out, KIND, (path,), overwrite))
     _, mcfg = read_config(path)
     recipe = recipe_for(mcfg.hidden_size)
     seq_len = seq_len or recipe.seq_len

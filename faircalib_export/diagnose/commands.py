@@ -52,10 +52,12 @@ def diagnose_cmd(
 
     --decode parallel measures them under threshold commits (several tokens per step at
     the frontier); the cached modes are refused (diagnostics need full predictions)."""
+    from .. import distributed
     from ..artifacts import check_output
     from .run import KIND, DiagnoseConfig, diagnose, write_diagnose_dir
 
-    check_output(out, KIND, tuple(students), overwrite)  # before the long run
+    # before the long run; under torchrun rank 0 checks and writes for every rank
+    distributed.on_main(lambda: check_output(out, KIND, tuple(students), overwrite))
     config = DiagnoseConfig(samples=samples, seed=seed, batch_size=batch_size, window=window,
                             steps=steps, block_length=block_length, decode=decode,
                             threshold=threshold)
@@ -63,7 +65,7 @@ def diagnose_cmd(
         report = diagnose(teacher, students, data, config=config, prior=prior,
                           groups=seed_group, device=device,
                           progress=lambda msg: status.update(msg))
-    write_diagnose_dir(report, out, overwrite=overwrite)
+    distributed.on_main(lambda: write_diagnose_dir(report, out, overwrite=overwrite))
     console.print(summary_table(report))
     console.print(f"wrote {out}")
 

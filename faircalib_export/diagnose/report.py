@@ -54,6 +54,13 @@ class OwnTally:
         if own.mse_prob is not None:
             self.mse.extend(own.mse_prob.T)  # (B, T) -> B traces
 
+    def merge(self, other: OwnTally) -> None:
+        """Append `other`'s sequences after this tally's (batches tallied apart, e.g. on
+        other ranks, put back in batch order)."""
+        for name in ("mean_disagree", "never_agree", "lags", "censored", "mse", "first_false",
+                     "final_disagreement"):
+            getattr(self, name).extend(getattr(other, name))
+
     def own_report(self) -> dict:
         lags, cens = _cat(self.lags).astype(np.int64), _cat(self.censored).astype(bool)
         x, p = M.ccdf(lags)
@@ -140,6 +147,18 @@ class ForcedTally:
         self._add_pos("kl_masked", student["kl"])
         self._add_pos("kl_commit", kl_commit)
         self._add_pos("margin", student["margin"])
+
+    def merge(self, other: ForcedTally) -> None:
+        """Append `other`'s sequences after this tally's; position sums add up in the
+        order the batches would have been added."""
+        for name in ("flips", "commits", "margin", "kl_masked", "kl_commit"):
+            getattr(self, name).extend(getattr(other, name))
+        for name, (s, c) in other.pos.items():
+            if name in self.pos:
+                self.pos[name][0] += s
+                self.pos[name][1] += c
+            else:
+                self.pos[name] = [s.copy(), c.copy()]
 
     def by_position(self) -> dict[str, list]:
         out = {}

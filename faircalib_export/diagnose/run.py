@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import distributed
 from ..errors import ConfigError
 from . import report as R
 from .collect import OwnPass, TeacherPass, own_pass, teacher_pass
@@ -104,17 +105,20 @@ def diagnose(teacher: str | Path, students: Sequence[str | Path], data: str | No
     max_tokens = max(1, opened.cfg.max_position_embeddings - policy.window)
     prompts = _prompts(source, path, config, max_tokens, opened.tokenizer)
 
-    teacher_tally = R.OwnTally()
-    teacher_margin: list[np.ndarray] = []
-    forced = {st.name: R.ForcedTally(policy.window) for st in loaded}
-    own = {st.name: R.OwnTally() for st in loaded}
+    # The unit of work is a batch of prompts (the policy seed is the same for every batch):
+    # under torchrun each rank tallies its share of the batches apart, and the tallies are
+    # merged in batch order, so the report does not depend on the number of processes.
     bs = config.batch_size
-    for lo in range(0, len(prompts), bs):
-        batch = prompts[lo:lo + bs]
+    batches = [prompts[lo:lo + bs] for lo in range(0, len(prompts), bs)]
+    done = []
+    for b, batch in distributed.shard(batches):
+        lo = b * bs
         say(f"teacher-forced pass, sequences {lo + 1}-{lo + len(batch)} of {len(prompts)}")
         tp = teacher_pass(opened.model, [st.forward for st in loaded], batch, policy, device)
-        teacher_tally.add(own_from_teacher(tp))
-        teacher_margin.append(R.M.nanmean_per_sequence(tp.margin))
+        teacher_own = R.OwnTally()
+        teacher_own.add(own_from_teacher(tp))
+        forced = {st.name: R.ForcedTally(policy.window) for st in loaded}
+        own = {st.name: R.OwnTally() for st in loaded}
         for st, per_student in zip(loaded, tp.students, strict=True):
             forced[st.name].add(tp, per_student)
         for st in loaded:
@@ -122,6 +126,19 @@ def diagnose(teacher: str | Path, students: Sequence[str | Path], data: str | No
             op = own_pass(st.forward, batch, policy, device, teacher=opened.model,
                           teacher_states=tp.states)
             own[st.name].add(op, reference=tp.tokens)
+        done.append((b, (teacher_own, R.M.nanmean_per_sequence(tp.margin), forced, own)))
+
+    teacher_tally = R.OwnTally()
+    teacher_margin: list[np.ndarray] = []
+    forced = {st.name: R.ForcedTally(policy.window) for st in loaded}
+    own = {st.name: R.OwnTally() for st in loaded}
+    for part_teacher, part_margin, part_forced, part_own in distributed.gather(done,
+                                                                                len(batches)):
+        teacher_tally.merge(part_teacher)
+        teacher_margin.append(part_margin)
+        for st in loaded:
+            forced[st.name].merge(part_forced[st.name])
+            own[st.name].merge(part_own[st.name])
 
     models = [{"name": R.TEACHER, "path": str(path), "kind": opened.kind, "method": "fp",
                "seed": None, "group": R.TEACHER}] + [st.describe() for st in loaded]

@@ -56,9 +56,13 @@ def masked_loglik(backend, mask_id: int, prompt: Sequence[int], cont: Sequence[i
 
 def score_choices(model, items: list[Choice], *, samples: int, seed: int,
                   progress: Callable[[], None] = lambda: None) -> dict:
+    """Accuracy over `items`; item n is scored with seed `seed + n`, so under torchrun
+    each rank takes its share of the items and the result does not depend on N."""
+    from .. import distributed
+
     backend, decoder, mask_id = model.backend(), model.text_decoder(False), _mask_id(model)
-    correct = correct_norm = 0
-    for n, item in enumerate(items):
+    picked: list[tuple[int, tuple[bool, bool]]] = []
+    for n, item in distributed.shard(items):
         scores, norms = [], []
         for context, continuation in item.options:
             ctx = decoder.encode(context)
@@ -67,9 +71,12 @@ def score_choices(model, items: list[Choice], *, samples: int, seed: int,
             s = masked_loglik(backend, mask_id, ctx, cont, samples, seed + n)
             scores.append(s)
             norms.append(s / max(1, len(continuation)))
-        correct += int(np.argmax(scores) == item.gold)
-        correct_norm += int(np.argmax(norms) == item.gold)
+        picked.append((n, (bool(np.argmax(scores) == item.gold),
+                           bool(np.argmax(norms) == item.gold))))
         progress()
+    hits = distributed.gather(picked, len(items))
+    correct = sum(h for h, _ in hits)
+    correct_norm = sum(h for _, h in hits)
     n = max(1, len(items))
     return {"n": len(items), "acc": correct / n, "acc_norm": correct_norm / n,
             "chance": float(np.mean([1 / len(i.options) for i in items]))}
@@ -94,16 +101,21 @@ def _numbers_equal(a: str | None, b: str | None) -> bool:
 
 def generate_batches(model, prompts: list[str], config, *, chat: bool, batch_size: int,
                      progress: Callable[[int], None] = lambda n: None) -> list[str]:
+    """Decoded texts of `prompts`, in batches of `batch_size` with `config`'s seed; under
+    torchrun each rank decodes its share of the batches (the batches, and so the texts,
+    are the same whatever the number of processes)."""
     from faircalib_runtime import generate
 
+    from .. import distributed
+
     decoder, backend = model.text_decoder(chat), model.backend()
-    outputs: list[str] = []
-    for i in range(0, len(prompts), batch_size):
-        chunk = prompts[i:i + batch_size]
+    batches = [prompts[i:i + batch_size] for i in range(0, len(prompts), batch_size)]
+    done: list[tuple[int, list[str]]] = []
+    for index, chunk in distributed.shard(batches):
         result = generate(backend, [decoder.encode(p) for p in chunk], config)
-        outputs += [decoder.decode(ids) for ids in result.generated]
+        done.append((index, [decoder.decode(ids) for ids in result.generated]))
         progress(len(chunk))
-    return outputs
+    return [text for batch in distributed.gather(done, len(batches)) for text in batch]
 
 
 GSM8K_INSTRUCTION = "\nLet's think step by step."
@@ -162,10 +174,11 @@ def score_perplexity(model, text: str, *, seq_len: int, chunks: int, seed: int,
         from ..errors import ConfigError
 
         raise ConfigError(f"text has {len(ids)} tokens, fewer than seq_len={seq_len}")
-    rng = np.random.default_rng(seed)
-    nll_sum = bound_sum = 0.0
-    count = 0
-    for c in range(n_chunks):
+    from .. import distributed
+
+    sums: list[tuple[int, tuple[float, float, int]]] = []
+    for c, _ in distributed.shard(range(n_chunks)):
+        rng = np.random.default_rng([seed, c])  # per chunk: independent of the sharding
         chunk = ids[c * seq_len:(c + 1) * seq_len]
         rows, masks = [], []
         for ratio in RATIOS:
@@ -174,12 +187,21 @@ def score_perplexity(model, text: str, *, seq_len: int, chunks: int, seed: int,
             rows.append(np.where(masked, mask_id, chunk))
             masks.append(masked)
         logp = _log_softmax(backend.forward(np.stack(rows), None, None, "logits").logits)
+        nll_c = bound_c = 0.0
+        count_c = 0
         for r, (ratio, m) in enumerate(zip(RATIOS, masks, strict=True)):
             ce = -logp[r, np.arange(seq_len), chunk][m]
-            nll_sum += ce.sum()
-            bound_sum += ce.sum() / (ratio * seq_len)  # per-token ELBO term at this ratio
-            count += m.sum()
+            nll_c += ce.sum()
+            bound_c += ce.sum() / (ratio * seq_len)  # per-token ELBO term at this ratio
+            count_c += int(m.sum())
+        sums.append((c, (float(nll_c), float(bound_c), count_c)))
         progress()
+    nll_sum = bound_sum = 0.0
+    count = 0
+    for nll_c, bound_c, count_c in distributed.gather(sums, n_chunks):  # in chunk order
+        nll_sum += nll_c
+        bound_sum += bound_c
+        count += count_c
     nll = nll_sum / count
     bound = bound_sum / (n_chunks * len(RATIOS))
     return {"chunks": n_chunks, "seq_len": seq_len, "mask_ratios": list(RATIOS),

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import checks
+from .. import checks, distributed
 from ..artifacts import atomic_dir, check_output, write_manifest
 from .config import ProbeConfig
 from .stage1 import PER_SAMPLE_FILE, ProbeResult
@@ -44,7 +44,7 @@ def run_probe(model: str | Path, data: str | None, out: str | Path, *,
         checks.count(name, value)
     checks.device(device)
     path = resolve_model(model)
-    check_output(out, KIND, (path,), overwrite)  # before the rollouts, not after
+    distributed.on_main(lambda: check_output(out, KIND, (path,), overwrite))  # before rolling out
     opened = open_model(path, device, kinds=("checkpoint",))  # Stage I runs the FP teacher
     source = data or default_task(path)
     if source is None:
@@ -63,7 +63,8 @@ def run_probe(model: str | Path, data: str | None, out: str | Path, *,
     for prior in (result.prior, result.frontier, result.reliability):
         if prior is not None:
             prior.settings.update(data=source, model=str(path))
-    write_prior_dir(result, out, path, source, overwrite=overwrite)
+    # rank 0 writes; every rank holds the same gathered result
+    distributed.on_main(lambda: write_prior_dir(result, out, path, source, overwrite=overwrite))
     return result
 
 

@@ -35,6 +35,7 @@ import numpy as np
 
 from faircalib_runtime import Padding, RandomCommitConfig, TrajectoryRecorder
 
+from .. import distributed
 from ..errors import ConfigError
 from .config import (
     PAPER_SAMPLES,
@@ -218,23 +219,30 @@ def probe(model, prompts: Sequence[Sequence[int]], config: ProbeConfig,
     if not prompts:
         raise ConfigError("no probing prompts")
     lam = config.lambda0_schedule()
-    hits, rels = [], []
     bs = config.batch_size
-    for index, lo in enumerate(range(0, len(prompts), bs)):
-        batch = [list(p) for p in prompts[lo:lo + bs]]
+    # Batch b holds prompts[b*bs:(b+1)*bs] and decodes with batch_seed(seed, b) whatever
+    # the number of processes: under torchrun each rank rolls out its share of the
+    # batches, and the per-sample sums are gathered back in prompt order.
+    batches = [[list(p) for p in prompts[lo:lo + bs]] for lo in range(0, len(prompts), bs)]
+    mine = distributed.shard(batches)
+    mine_total = sum(len(b) for _, b in mine)  # this rank's prompts (all, in one process)
+    done: list[tuple[int, tuple[np.ndarray, np.ndarray]]] = []
+    rolled = 0
+    for index, batch in mine:
         rollout = RandomCommitConfig(
             mask_id=mask_id, eos_ids=(eos_id,), pad_id=pad_id, seed=batch_seed(config.seed, index),
             window_length=config.window, steps=config.steps, temperature=config.temperature,
             padding_style=padding_for(family))
         acc = PriorAccumulator(lam, config.lambda1, config.score, mask_id)
         generate_torch(model, batch, rollout, device=device, recorder=acc)
-        hit, rel = acc.result()
-        hits.append(hit)
-        rels.append(rel)
+        done.append((index, acc.result()))
+        rolled += len(batch)
         if progress is not None:
-            progress(lo + len(batch), len(prompts))
+            progress(rolled, mine_total)
+    sums = distributed.gather(done, len(batches))
     info = {"prompt_lengths": [len(p) for p in prompts]}
-    return aggregate(np.concatenate(hits), np.concatenate(rels), config, info)
+    return aggregate(np.concatenate([h for h, _ in sums]), np.concatenate([r for _, r in sums]),
+                     config, info)
 
 
 # --- defaults -------------------------------------------------------------------------------

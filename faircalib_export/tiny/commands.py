@@ -96,10 +96,11 @@ def eval_cmd(
                       **decode_overrides(decode, threshold, cache))
     print_result(result)
     if output is not None:
+        from .. import distributed
         from ..artifacts import write_output_file
 
-        write_output_file(output, json.dumps(result, indent=2) + "\n", inputs=(model,),
-                          overwrite=overwrite)
+        distributed.on_main(lambda: write_output_file(  # rank 0 writes for all ranks
+            output, json.dumps(result, indent=2) + "\n", inputs=(model,), overwrite=overwrite))
         console.print(f"wrote {output}")
 
 

@@ -95,29 +95,39 @@ def score(generate: Callable[[list[list[int]]], list[list[int]]],
     """The scoring loop: decode `limit` problems of `task` in batches, check each answer."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from .. import checks
+    from .. import checks, distributed
 
     checks.count("limit", limit)
     console = resolve_console(console)
     examples = task.examples(split, limit, seed=seed)
-    correct, samples, answered = 0, [], 0
+    # The unit of work is a batch: its problems and its policy seed are the same whatever
+    # the number of processes, so under torchrun every rank decodes its own batches
+    # (distributed.shard) and the texts are put back in order (distributed.gather).
+    batches = [examples[lo:lo + batch_size] for lo in range(0, len(examples), batch_size)]
+    mine = distributed.shard(batches)
+    texts: list[tuple[int, list[str]]] = []
+    done = local_correct = 0
     start = time.perf_counter()
     with Progress(TextColumn("[bold]eval {task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("acc {task.fields[acc]}"), console=console) as progress:
-        bar = progress.add_task(task.name, total=len(examples), acc="-")
-        for lo in range(0, len(examples), batch_size):
-            chunk = examples[lo:lo + batch_size]
-            generated = generate(encode(chunk))
-            for ex, ids in zip(chunk, generated, strict=True):
-                text = decode(ids)
-                ok = task.check(ex, text)
-                correct += ok
-                answered += "answer" in text
-                if len(samples) < keep_samples:
-                    samples.append({"prompt": ex.prompt, "target": ex.target,
-                                    "generated": text.strip(), "correct": ok})
-            done = lo + len(chunk)
-            progress.update(bar, completed=done, acc=f"{correct / done:.1%}")
+        bar = progress.add_task(task.name, total=sum(len(b) for _, b in mine), acc="-")
+        for index, chunk in mine:
+            decoded = [decode(ids) for ids in generate(encode(chunk))]
+            if len(decoded) != len(chunk):
+                raise ValueError(f"{len(decoded)} outputs for a batch of {len(chunk)}")
+            texts.append((index, decoded))
+            done += len(chunk)
+            local_correct += sum(task.check(ex, t) for ex, t in zip(chunk, decoded, strict=True))
+            progress.update(bar, completed=done, acc=f"{local_correct / done:.1%}")
+    outputs = [t for batch in distributed.gather(texts, len(batches)) for t in batch]
+    correct, samples, answered = 0, [], 0
+    for ex, text in zip(examples, outputs, strict=True):
+        ok = task.check(ex, text)
+        correct += ok
+        answered += "answer" in text
+        if len(samples) < keep_samples:
+            samples.append({"prompt": ex.prompt, "target": ex.target,
+                            "generated": text.strip(), "correct": ok})
     n = len(examples)
     acc = correct / n
     return {
