@@ -2,13 +2,20 @@
 
     OUT/prior        Stage I prior (weighted methods only)
     OUT/calibrated   Stage II artifact
-    OUT/deploy       folded int4 model
-    OUT/onnx         W4A4 ONNX graph for ONNX Runtime (always; `w4a4-int` on CPU)
-    OUT/tensorrt     plugin graph + engine (when tensorrt and the plugin library exist)
+    OUT/deploy       folded model (int4, or FP4 codes with block scales)
+    OUT/onnx         W4A4 ONNX graph for ONNX Runtime (always; `w4a4-int` on CPU, and
+                     `w4a4-fp4-emu` for an FP4 format)
+    OUT/tensorrt     plugin graph + engine (when tensorrt and the plugin library exist;
+                     int format only, see below)
     OUT/validation   report.json / report.md (exported ONNX vs calibrated PyTorch)
     OUT/quality.json the quantized model against the FP one: held-out accuracy of both
                      (models with a task) and teacher-forced KL, top-1 agreement, flips
     OUT/build.json   the settings and outcome of every stage
+
+The format (int, nvfp4, mxfp4) is the target's default format unless given: Blackwell
+targets (rtx5090, ...) calibrate in nvfp4. TensorRT's native FP4 graph is not written yet,
+so an FP4 build skips the TensorRT stage and says so, rather than hand the int4 plugins
+FP4 codes; its ONNX stage and validation run as for int.
 
 Each stage writes its directory atomically; a re-run skips a stage whose directory is
 complete and whose recorded settings are unchanged (and redoes the stages after one
@@ -29,7 +36,7 @@ from .errors import ConfigError, FaircalibError
 QUALITY_JSON = "quality.json"
 QUALITY_PROBLEMS = 200  # held-out problems scored for FP vs W4A4 accuracy
 QUALITY_PROMPTS = 32  # prompts of the teacher-forced FP vs W4A4 comparison
-VARIANTS = ("auto", "w4a4", "w4a4-int")
+VARIANTS = ("auto", "w4a4", "w4a4-int", "w4a4-fp4", "w4a4-fp4-emu")
 
 
 @dataclass
@@ -45,7 +52,8 @@ class BuildSettings:
     probe_samples: int | None = None
     validate_prompts: int = 32
     quality_problems: int = QUALITY_PROBLEMS  # 0: skip the FP vs W4A4 comparison
-    variant: str = "auto"  # ONNX variant; auto: w4a4-int (integer GEMMs) on CPU, else w4a4
+    variant: str = "auto"  # ONNX variant; auto: see `onnx_variant`
+    format: str | None = None  # int | nvfp4 | mxfp4; None: the target's default format
     tensorrt: bool = True
     policy: dict = field(default_factory=dict)  # decoding overrides for validation
 
@@ -55,11 +63,27 @@ class BuildSettings:
                               f"choose one of {', '.join(VARIANTS)}")
         if self.validate_prompts < 1 or self.quality_problems < 0:
             raise ConfigError("validate_prompts must be >= 1 and quality_problems >= 0")
+        if self.format is not None:
+            from .export.onnx_export import check_variant_format
+            from .quant.spec import check_format
 
-    @property
-    def onnx_variant(self) -> str:
+            fmt = check_format(self.format, 4, 4)  # names the formats when unknown
+            if self.variant != "auto":
+                check_variant_format(self.variant, fmt)
+
+    def onnx_variant(self, format: str) -> str:
+        """The ONNX variant for a model calibrated in `format`. auto: w4a4-int (integer
+        GEMMs) on CPU, else w4a4; for FP4, w4a4-fp4-emu, the FP4 graph ONNX Runtime runs
+        (validation needs it; w4a4-fp4 runs under the ONNX reference evaluator only)."""
+        from .export.onnx_export import check_variant_format
+        from .quant.formats import QuantFormat
+
+        fmt = QuantFormat(format)
         if self.variant != "auto":
+            check_variant_format(self.variant, fmt)
             return self.variant
+        if fmt.is_fp4:
+            return "w4a4-fp4-emu"
         return "w4a4-int" if self.device == "cpu" else "w4a4"
 
 
@@ -114,10 +138,13 @@ def _run_build(model_path: Path, target: str, out: Path, settings: BuildSettings
     from .trt.targets import load_target
 
     target_profile = load_target(target)
+    fmt = settings.format or target_profile.default_format
+    variant = settings.onnx_variant(fmt)  # refuses a variant of the other format, up front
     hidden = read_config(model_path)[1].hidden_size
     record_file = out / BUILD_JSON
     previous = read_json(record_file).get("stages", {}) if record_file.is_file() else {}
-    record: dict = {"model": str(model_path), "target": target_profile.name, "stages": {}}
+    record: dict = {"model": str(model_path), "target": target_profile.name, "format": fmt,
+                    "stages": {}}
     results: list[StageResult] = []
     upstream_changed = False
 
@@ -148,7 +175,7 @@ def _run_build(model_path: Path, target: str, out: Path, settings: BuildSettings
                                     device=settings.device).prior.weights.shape[0])
               + " window positions")
     cfg = CalibConfig(method=settings.method, epochs=settings.epochs, seed=settings.seed,
-                      device=settings.device).resolved(hidden)
+                      device=settings.device, format=fmt).resolved(hidden)
     calib_settings = {"calib": cfg.to_dict(), "data": settings.data,
                       "samples": settings.samples, "seq_len": settings.seq_len}
     stage("calibrate", out / "calibrated", calib_settings,
@@ -158,12 +185,20 @@ def _run_build(model_path: Path, target: str, out: Path, settings: BuildSettings
               seq_len=settings.seq_len)))
     stage("fold", out / "deploy", {}, lambda: str(fold_artifact(out / "calibrated",
                                                                 out / "deploy")))
-    variant = settings.onnx_variant
     stage("onnx", out / "onnx", {"variant": variant},
           lambda: variant + " " + str(export_onnx(out / "deploy", out / "onnx",
                                                   ExportOptions(variant=variant))))
 
-    if settings.tensorrt:
+    if settings.tensorrt and cfg.spec().format.is_fp4:
+        # the int4 plugins would misread FP4 codes; the native FP4 graph is future work
+        where = ("" if target_profile.fp4 else
+                 f"; {target_profile.name} has no FP4 tensor cores either")
+        results.append(StageResult(
+            "tensorrt", "skipped", 0.0,
+            f"{fmt}: no TensorRT graph for FP4 yet (TensorRT's native FP4 path is not "
+            f"written; the int4 plugins take int only){where}. Use {out / 'onnx'}, or "
+            f"--format int for the plugin engine"))
+    elif settings.tensorrt:
         from .trt.errors import PluginLibraryError, TensorRTUnavailableError
         from .trt.export import export_tensorrt
 

@@ -8,13 +8,17 @@ Calibration: the Stage II device peak of `calibrate.memory.calibration_plan` (on
 traced on the meta device) plus the CUDA runtime's own overhead.
 
 Deployment (the TensorRT engine of `faircalib_export.trt`, batch x sequence at the engine's
-profile maximum):
-  weights      int4 block weights in the kernels' packed layout (K padded to 128 codes),
-               float32 per-channel scales, float32 Kronecker factors, float32 norms and
-               biases, the fp16 embedding table and the LM head (fp16 in the deployment
-               format; float32 in the engine when the head runs in fp32, the default, as
-               TensorRT folds the graph's cast); within 1% of `info.memory_estimate`'s W4A4
-               bytes once the head's extra float32 half is taken off
+profile maximum), in the target's default format or the one asked for:
+  weights      int: int4 block weights in the kernels' packed layout (K padded to 128
+               codes); nvfp4 / mxfp4: E2M1 codes, half a byte a weight (no padding: widths
+               are multiples of the block), plus one block-scale byte per 16 (nvfp4, E4M3)
+               or 32 (mxfp4, E8M0) weights, the fold's layout (docs/fp4.md); then
+               float32 per-channel scales (FP4: the row second-level scale), float32
+               Kronecker factors, float32 norms and biases, the fp16 embedding table and
+               the LM head (fp16 in the deployment format; float32 in the engine when the
+               head runs in fp32, the default, as TensorRT folds the graph's cast); int:
+               within 1% of `info.memory_estimate`'s W4A4 bytes once the head's extra
+               float32 half is taken off
   activations  float32, one layer at a time (TensorRT reuses activation memory across
                layers): the larger of the attention part (residual, q/k/v, rotated copies,
                GQA-repeated k/v, and the full (B, H, S, S) scores and probabilities: the
@@ -23,6 +27,9 @@ profile maximum):
                probabilities and two vocabulary-sized temporaries of the decision summaries
   workspace    WORKSPACE_GIB of tactic scratch, plus RUNTIME_OVERHEAD_GIB for the CUDA
                context and TensorRT / cuBLAS handles
+Host (CPU pipeline): `host_plan`, the peak RSS of calibrate (rtn), fold, export and the
+ONNX Runtime session when they run on the CPU, checked by benchmarks/bench_real_scale.py.
+
 A stage fits when its peak is at most (1 - SAFETY_MARGIN) of the card's memory: the margin
 covers allocator fragmentation, the display and other processes. FP16 deployment (the
 unquantized model, same activations) is reported beside it for comparison.
@@ -74,17 +81,37 @@ def _config(model_or_config: str | Path | ModelConfig) -> ModelConfig:
     return read_config(path)[1]
 
 
-def deployment_weight_bytes(cfg: ModelConfig, head_precision: str = "fp32") -> dict[str, int]:
-    """Bytes of every weight the TensorRT engine holds, by kind."""
-    from .info import linear_shape
-    from .quant.layout import kron_factors, transform_sites
+# the block-scale dtype of each FP4 format, as the deployment names it
+_BLOCK_SCALE_NAME = {"nvfp4": "block_scales_e4m3", "mxfp4": "block_scales_e8m0"}
+
+
+def _linear_bytes(out_features: int, in_features: int, format: str) -> tuple[int, int]:
+    """(codes, block scales) bytes of one quantized linear in `format`."""
+    from .quant.formats import QuantFormat
     from .trt.reference import packed_words
 
-    linears = scales = transforms = 0
+    fmt = QuantFormat(format)
+    if not fmt.is_fp4:
+        return out_features * packed_words(in_features) * 4, 0
+    return out_features * in_features // 2, out_features * (in_features // fmt.block_size)
+
+
+def deployment_weight_bytes(cfg: ModelConfig, head_precision: str = "fp32",
+                            format: str = "int") -> dict[str, int]:
+    """Bytes of every weight the TensorRT engine holds, by kind, for block weights in
+    `format` (int, nvfp4, mxfp4)."""
+    from .info import linear_shape
+    from .quant.formats import QuantFormat
+    from .quant.layout import kron_factors, transform_sites
+
+    fmt = QuantFormat(format)
+    linears = block_scales = scales = transforms = 0
     for site in transform_sites(cfg):
         for lin in site.linears:
             out_features, in_features = linear_shape(cfg, lin)
-            linears += out_features * packed_words(in_features) * 4
+            codes, blocks = _linear_bytes(out_features, in_features, fmt)
+            linears += codes
+            block_scales += blocks
             scales += out_features * F32
         n1, n2 = kron_factors(site.dim)
         transforms += (n1 * n1 + n2 * n2) * F32
@@ -94,8 +121,10 @@ def deployment_weight_bytes(cfg: ModelConfig, head_precision: str = "fp32") -> d
     # TensorRT folds the fp32 graph's Cast(fp16 head) into a float32 constant
     head = 0 if cfg.tie_word_embeddings else table * (F32 if head_precision == "fp32" else F16)
     n = cfg.num_layers
+    quantized = ({"block_linears_e2m1": n * linears, _BLOCK_SCALE_NAME[fmt.value]: n * block_scales}
+                 if fmt.is_fp4 else {"block_linears_int4": n * linears})
     return {
-        "block_linears_int4": n * linears,
+        **quantized,
         "channel_scales": n * scales,
         "kronecker_factors": n * transforms,
         "norms_and_biases": n * (per_block_norms + bias) + cfg.hidden_size * F32,
@@ -105,13 +134,12 @@ def deployment_weight_bytes(cfg: ModelConfig, head_precision: str = "fp32") -> d
 
 
 def activation_bytes(cfg: ModelConfig, batch: int, seq: int, *,
-                     fp16_weights: bool = False) -> dict[str, int]:
-    """Peak activation bytes of one forward pass (see the module docstring)."""
-    from .trt.reference import packed_words
-
+                     fp16_weights: bool = False, format: str = "int") -> dict[str, int]:
+    """Peak activation bytes of one forward pass (see the module docstring); the quantized
+    activations take the layout of `format` (codes, block scales, a float32 per token)."""
     t = batch * seq
     e, f, kv, v = cfg.hidden_size, cfg.intermediate_size, cfg.kv_dim, cfg.vocab_size
-    codes = lambda k: 0 if fp16_weights else t * (packed_words(k) * 4 + F32)  # codes + scales
+    codes = lambda k: 0 if fp16_weights else sum(_linear_bytes(t, k, format)) + t * F32
     residual = 2 * t * e * F32  # block input and output
     qkv = t * (e + 2 * kv) * F32
     attention = (residual + t * e * F32 + codes(e)  # normed input, its codes
@@ -128,16 +156,66 @@ def activation_bytes(cfg: ModelConfig, batch: int, seq: int, *,
             "peak": max(attention, mlp, head)}
 
 
+# Host (CPU) pipeline: peak RSS of each stage run on the CPU, as
+# benchmarks/bench_real_scale.py measures it. Process baselines (Python, torch, the
+# package; ONNX Runtime alone) were measured on the tiny models; the terms below follow
+# what each stage holds at its peak (README "Real scale" compares them with measurements).
+HOST_BASE_GIB = 0.35  # python + torch + faircalib_export, before any weight is read
+ORT_BASE_GIB = 0.07  # python + onnxruntime + the torch-free runtime
+F64, I8 = 8, 1
+
+
+def host_plan(cfg: ModelConfig, *, samples: int, seq_len: int, checkpoint_bytes: int = 2,
+              ort_memory: str = "fast") -> dict[str, float]:
+    """Peak host RSS (GiB) of CPU calibration (rtn), fold, export (w4a4-int) and the ONNX
+    Runtime session of its export, for a 16-bit embedding and head.
+
+    - tables: a checkpoint table is read in its own dtype (`checkpoint_bytes`) and kept as
+      fp16 (calibrate's embedding, fold's tables);
+    - a block: fp32 weights (fold: and their int8 codes), the largest linear folded in
+      float64 (input, product, the codes as float);
+    - export streams its initializers to the data file: one fp16 table at a time;
+    - ONNX Runtime ("fast", its defaults) holds the file, the w4a4-int block weights once
+      more (INT4 codes widened to int8 at load) and the LM head in fp32 (the fp16 head's
+      Cast folded at load); "low" keeps the file as stored and widens one op at a time,
+      the head's fp32 copy included.
+    """
+    from .info import QUANT_LINEARS, linear_shape, memory_estimate
+
+    e = cfg.hidden_size
+    table = cfg.vocab_size * e
+    block = sum(o * i for o, i in (linear_shape(cfg, m) for m in QUANT_LINEARS))
+    largest = max(o * i for o, i in (linear_shape(cfg, m) for m in QUANT_LINEARS))
+    read_table = table * (checkpoint_bytes + F16)
+    caches = 3 * samples * seq_len * e * F32
+    fold_linear = 3 * largest * F64
+    calibrate = HOST_BASE_GIB * GIB + caches + max(read_table, block * F32 + fold_linear)
+    fold = HOST_BASE_GIB * GIB + max(read_table, block * (F32 + I8) + fold_linear)
+    export = HOST_BASE_GIB * GIB + table * F16
+    disk = memory_estimate(cfg)["w4a4_bytes"]
+    blocks_int4 = memory_estimate(cfg)["w4a4_block_bytes_only"]
+    head = 0 if cfg.tie_word_embeddings else table
+    if ort_memory == "fast":
+        ort = ORT_BASE_GIB * GIB + disk + blocks_int4 + head * F32
+    else:
+        ort = ORT_BASE_GIB * GIB + disk + head * F32 // 2
+    gib = lambda n: round(n / GIB, 2)  # noqa: E731
+    return {"calibrate_rtn": gib(calibrate), "fold": gib(fold), "export_w4a4_int": gib(export),
+            "onnx_file": gib(disk), f"ort_session_{ort_memory}": gib(ort)}
+
+
 def _fits(peak_gib: float, memory_gib: float) -> bool:
     return peak_gib <= memory_gib * (1 - SAFETY_MARGIN)
 
 
 def plan(model_or_config: str | Path | ModelConfig, target, *, samples: int | None = None,
          seq_len: int | None = None, batch: int | None = None, max_batch: int | None = None,
-         max_seq: int | None = None, head_precision: str = "fp32") -> dict:
+         max_seq: int | None = None, head_precision: str = "fp32",
+         format: str | None = None) -> dict:
     """Calibration and deployment memory for `target` (a name, JSON path or Target).
 
-    Unset samples / seq_len / batch are what `calibrate` would use for this model.
+    Unset samples / seq_len / batch are what `calibrate` would use for this model; an
+    unset format is the target's default format (int, or nvfp4 on Blackwell targets).
     """
     from .calibrate.config import CalibConfig, recipe_for
     from .calibrate.memory import calibration_plan
@@ -151,6 +229,8 @@ def plan(model_or_config: str | Path | ModelConfig, target, *, samples: int | No
     seq_len = recipe.seq_len if seq_len is None else seq_len
     batch = CalibConfig.batch_size if batch is None else batch
     target = load_target(target)
+    format = format or target.default_format
+    kernel_path = target.kernel_path_for(format)  # validates the format too
     max_batch = max_batch or target.max_batch
     max_seq = max_seq or target.max_seq
     for name, value in (("samples", samples), ("seq_len", seq_len), ("batch", batch),
@@ -162,9 +242,9 @@ def plan(model_or_config: str | Path | ModelConfig, target, *, samples: int | No
     calib = calibration_plan(cfg, samples=samples, seq_len=seq_len, batch=batch)
     calib_peak = calib["device_peak"] + RUNTIME_OVERHEAD_GIB
 
-    weights = deployment_weight_bytes(cfg, head_precision)
+    weights = deployment_weight_bytes(cfg, head_precision, format)
     weights_total = sum(weights.values())
-    acts = activation_bytes(cfg, max_batch, max_seq)
+    acts = activation_bytes(cfg, max_batch, max_seq, format=format)
     overhead = WORKSPACE_GIB + RUNTIME_OVERHEAD_GIB
     deploy_peak = (weights_total + acts["peak"]) / GIB + overhead
 
@@ -186,8 +266,10 @@ def plan(model_or_config: str | Path | ModelConfig, target, *, samples: int | No
             "peak_gib": round(calib_peak, 3), "fits": _fits(calib_peak, target.memory_gib),
         },
         "deployment": {
-            "max_batch": max_batch, "max_seq": max_seq, "head_precision": head_precision,
-            "kernel_path": target.kernel_path,
+            "format": format, "max_batch": max_batch, "max_seq": max_seq,
+            "head_precision": head_precision, "kernel_path": kernel_path,
+            # mxfp4 on Blackwell: sized, but TensorRT quantizes activations to 16-blocks only
+            "tensorrt_native": format in target.formats,
             "weights_bytes": {**weights, "total": weights_total},
             "weights_gib": gib(weights_total),
             "deploy_format_w4a4_bytes": estimate["w4a4_bytes"],
@@ -195,6 +277,9 @@ def plan(model_or_config: str | Path | ModelConfig, target, *, samples: int | No
             "workspace_gib": WORKSPACE_GIB, "runtime_overhead_gib": RUNTIME_OVERHEAD_GIB,
             "peak_gib": round(deploy_peak, 3), "fits": _fits(deploy_peak, target.memory_gib),
         },
+        "host_cpu_pipeline_gib": {**host_plan(cfg, samples=samples, seq_len=seq_len),
+                                  **host_plan(cfg, samples=samples, seq_len=seq_len,
+                                              ort_memory="low")},
         "fp16_deployment": {
             "weights_bytes": estimate["fp16_bytes"], "weights_gib": gib(estimate["fp16_bytes"]),
             "activations_gib": gib(fp16_acts["peak"]),
@@ -210,8 +295,13 @@ def _print_plan(data: dict) -> None:
     console = Console()
     t, m = data["target"], data["model"]
     console.print(f"[bold]{t['display_name']}[/] ({t['name']}, sm {t['compute_capability']}, "
-                  f"{t['memory_gib']} GiB, GEMM path {t['kernel_path']}): usable "
+                  f"{t['memory_gib']} GiB, default format {t.get('default_format', 'int')}): "
+                  f"usable "
                   f"{data['usable_gib']} GiB after a {data['safety_margin']:.0%} margin")
+    if not data["deployment"].get("tensorrt_native", True):
+        console.print(f"note: TensorRT has no native {data['deployment']['format']} path "
+                      f"(its dynamic FP4 quantization takes 16-element E4M3 blocks: nvfp4); "
+                      f"the plan sizes the folded layout")
     console.print(f"model: {m['family']}, hidden {m['hidden_size']}, intermediate "
                   f"{m['intermediate_size']}, {m['num_layers']} layers, vocab {m['vocab_size']}")
     verdict = lambda ok: "[green]fits[/]" if ok else "[red]does not fit[/]"
@@ -232,7 +322,8 @@ def _print_plan(data: dict) -> None:
     table.add_row("", "runtime overhead", f"{c['runtime_overhead_gib']:.3f}")
     table.add_row("", "[bold]peak[/]: " + verdict(c["fits"]), f"[bold]{c['peak_gib']:.3f}[/]")
     d = data["deployment"]
-    stage = f"W4A4 deployment (batch {d['max_batch']} x seq {d['max_seq']})"
+    stage = (f"W4A4 deployment, {d['format']} via {d['kernel_path']} "
+             f"(batch {d['max_batch']} x seq {d['max_seq']})")
     for name, value in d["weights_bytes"].items():
         if name != "total":
             table.add_row(stage, f"weights: {name} ({value:,} B)", f"{value / GIB:.3f}")
@@ -250,6 +341,13 @@ def _print_plan(data: dict) -> None:
     table.add_row("", "activations", f"{f['activations_gib']:.3f}")
     table.add_row("", "[bold]peak[/]: " + verdict(f["fits"]), f"[bold]{f['peak_gib']:.3f}[/]")
     console.print(table)
+    host = Table(title="CPU pipeline: peak host RAM (GiB)",
+                 caption="calibrate --device cpu, export w4a4-int, 16-bit embedding and head")
+    host.add_column("stage")
+    host.add_column("GiB", justify="right")
+    for name, value in data["host_cpu_pipeline_gib"].items():
+        host.add_row(name.replace("_", " "), f"{value:.2f}")
+    console.print(host)
 
 
 def plan_cmd(
@@ -272,13 +370,16 @@ def plan_cmd(
     max_seq: Annotated[int | None, typer.Option(
         help="Deployment sequence length, prompt + generation (default: the target's).")
     ] = None,
+    format: Annotated[str | None, typer.Option(
+        "--format", help="Deployment format: int, nvfp4 or mxfp4 (default: the target's; "
+                         "nvfp4 on Blackwell targets such as rtx5090).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Will calibration and the W4A4 TensorRT deployment fit on a target GPU?"""
     if (model is None) == (model_option is None):
         raise typer.BadParameter("give the model once: as MODEL or as --model")
     data = plan(model or model_option, target, samples=samples, seq_len=seq_len, batch=batch,
-                max_batch=max_batch, max_seq=max_seq)
+                max_batch=max_batch, max_seq=max_seq, format=format)
     if as_json:
         print(json.dumps(data, indent=1))
     else:

@@ -78,3 +78,39 @@ def test_build_reports_quality_against_full_precision(tmp_path, capsys):
     assert 0 < tf["kl_mean"] < 0.1 and tf["top1_agreement"] > 0.9  # rtn W4A4 is not FP
     assert "held-out accuracy FP 100.0% -> W4A4" in text
     assert "teacher-forced KL(FP || W4A4)" in text and "validation passed" in text
+
+
+def test_build_for_blackwell_defaults_to_nvfp4(llada_dir, tmp_path, capsys, shared_data):
+    """--target rtx5090 calibrates in the target's default format (nvfp4), exports the FP4
+    graph ONNX Runtime runs, validates it, and skips the TensorRT stage with the reason
+    instead of handing FP4 codes to the int4 plugins. (Mutants: build ignoring the target's
+    format; the plugin export run on the FP4 fold.)"""
+    def build(out, *extra):
+        with pytest.raises(SystemExit) as exc:
+            main(["build", str(llada_dir), "--target", "rtx5090", "-o", str(out), "--method",
+                  "rtn", "--data", str(shared_data / "wikitext2" / "tokenized" / "valid.txt"),
+                  "--samples", "2", "--seq-len", "32", "--gen-length", "8", "--steps", "4",
+                  "--validate-prompts", "2", "--quality-problems", "0", *extra])
+        captured = capsys.readouterr()
+        return exc.value.code, captured.out + captured.err
+
+    code, text = build(tmp_path / "fp4")
+    assert code in (0, None), text
+    record = json.loads((tmp_path / "fp4" / "build.json").read_text())
+    assert record["format"] == "nvfp4" and record["validation_passed"] is True
+    assert record["stages"]["calibrate"]["settings"]["calib"]["format"] == "nvfp4"
+    assert record["stages"]["onnx"]["settings"] == {"variant": "w4a4-fp4-emu"}
+    deploy = json.loads((tmp_path / "fp4" / "deploy" / "deploy.json").read_text())
+    assert deploy["quant_format"] == "nvfp4"
+    assert not (tmp_path / "fp4" / "tensorrt").exists()
+    assert "no TensorRT graph for FP4 yet" in " ".join(text.split())
+    assert "validation passed" in text
+
+    # an explicit format wins over the target's; a variant of the other format is refused
+    code, text = build(tmp_path / "int", "--format", "int", "--no-tensorrt")
+    assert code in (0, None), text
+    record = json.loads((tmp_path / "int" / "build.json").read_text())
+    assert record["format"] == "int" and record["stages"]["onnx"]["settings"] == {
+        "variant": "w4a4-int"}
+    code, text = build(tmp_path / "bad", "--variant", "w4a4-int")
+    assert code == 2 and "w4a4-fp4" in text and not (tmp_path / "bad" / "calibrated").exists()

@@ -1,7 +1,7 @@
 """CLI command for the method comparison, for registration on the main app.
 
     faircalib-export compare MODEL --methods rtn,quarot,flatquant,fair-calib --seeds 3 \
-        -o REPORT_DIR [--ablations]
+        -o REPORT_DIR [--ablations] [--formats int4,nvfp4,mxfp4]
 """
 
 from __future__ import annotations
@@ -32,6 +32,10 @@ def compare_cmd(
              "late-boost schedules, a 16-rollout probing budget.")] = False,
     w_bits: Annotated[int, typer.Option("--wbits", help="Weight bits.")] = 4,
     a_bits: Annotated[int, typer.Option("--abits", help="Activation bits.")] = 4,
+    formats: Annotated[str, typer.Option(
+        help="Comma-separated quantization formats, each calibrated for every method: int "
+             "(or int4), nvfp4, mxfp4 (docs/fp4.md). Methods that cannot calibrate a format "
+             "(quarot's GPTQ in FP4) are skipped for it with a note.")] = "int",
     epochs: Annotated[int | None, typer.Option(
         help="Calibration epochs per block (default: the model's recipe, "
              "faircalib_export/calibrate/config.py).")] = None,
@@ -53,12 +57,15 @@ def compare_cmd(
 
     --decode parallel scores and diagnoses every model under threshold commits (the cached
     modes are refused: the diagnostics need full predictions)."""
+    from .. import distributed
     from .report import write_report
-    from .run import ABLATIONS, CompareConfig, parse_entries, run_compare
+    from .run import ABLATIONS, CompareConfig, parse_entries, parse_formats, run_compare
 
     spec = [m for m in methods.split(",") if m.strip()] + (list(ABLATIONS) if ablations else [])
     config = CompareConfig(entries=tuple(parse_entries(spec)), seeds=tuple(range(seeds)),
-                           w_bits=w_bits, a_bits=a_bits, epochs=epochs, data=data,
+                           w_bits=w_bits, a_bits=a_bits,
+                           formats=parse_formats(formats, w_bits, a_bits),
+                           epochs=epochs, data=data,
                            calib_samples=calib_samples, task=task,
                            limit=limit, diag_samples=samples, device=device,
                            decode=decode, threshold=threshold)
@@ -68,7 +75,7 @@ def compare_cmd(
             status.update(msg)
 
         results = run_compare(model, out, config, step, status.update, overwrite=overwrite)
-    report = write_report(results, Path(out))
+    report = distributed.on_main(lambda: write_report(results, Path(out)))  # rank 0 writes
     console.print(summary_table(results))
     console.print(f"wrote {report}")
 
@@ -79,13 +86,18 @@ def summary_table(results: dict) -> Table:
     s = results["settings"]
     table = Table(title=f"W{s['w_bits']}A{s['a_bits']} on {Path(results['model']).name} "
                         f"(mean ± std over seeds {s['seeds']})")
+    with_format = s.get("formats", ["int"]) != ["int"]
     table.add_column("model")
+    if with_format:
+        table.add_column("format")
     table.add_column("accuracy", justify="right")
     for *_, title in DIAG_METRICS[:4]:
         table.add_column(title, justify="right")
-    table.add_row("FP", f"{results['fp']['accuracy']:.1%}", "0", "0",
-                  _ms(results["fp"]["never_agree_rate"]), "-")
+    fmt = lambda e: [e.get("format", "int")] if with_format else []  # noqa: E731
+    table.add_row("FP", *(["-"] if with_format else []), f"{results['fp']['accuracy']:.1%}",
+                  "0", "0", _ms(results["fp"]["never_agree_rate"]), "-")
     for label, e in results["entries"].items():
-        table.add_row(label, _ms(e["accuracy"], ".1f", pct=True),
+        name = label.rsplit(":", 1)[0] if with_format else label
+        table.add_row(name, *fmt(e), _ms(e["accuracy"], ".1f", pct=True),
                       *[_ms(e[key]) for key, *_ in DIAG_METRICS[:4]])
     return table

@@ -3,7 +3,8 @@ each, diagnose all of them against the FP teacher, and report.
 
     REPORT_DIR/
       priors/<variant>-s<seed>/   Stage I priors (weighted methods only)
-      runs/<entry>-s<seed>/       calibrated artifacts, each with eval.json beside it
+      runs/<entry>[-<format>]-s<seed>/  calibrated artifacts, each with eval.json beside it
+                                  (int keeps the bare name, so earlier runs are reused)
       fp-eval.json                the FP teacher's accuracy
       diagnose/                   `diagnose` over every run (seed groups = entries)
       results.json, report.md, accuracy.png
@@ -14,6 +15,12 @@ run interrupted half way) reuses finished work; calibrations resume block by blo
 An entry is `METHOD` or `METHOD@VARIANT`; a variant changes the Stage I prior only (the
 ablations of the paper's tables 3 and 4), see `PRIOR_VARIANTS`. Deterministic methods
 (rtn) run once whatever the number of seeds.
+
+`formats` (int, nvfp4, mxfp4; `int4` is int) calibrates every entry in every format; the
+priors are the FP teacher's and shared by all formats. A method that cannot calibrate a
+format (quarot's GPTQ has integer grids only) is skipped for it with a note in the
+results, not an error. With a format other than a single int, each row is labelled
+`ENTRY:FORMAT`.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import distributed
 from ..errors import ConfigError
 
 # Stage I settings of each prior variant (ProbeConfig fields; "samples" = probing budget).
@@ -89,6 +97,36 @@ def parse_entries(spec: Sequence[str]) -> list[Entry]:
     return out
 
 
+def parse_formats(spec: str | Sequence[str], w_bits: int = 4, a_bits: int = 4) -> tuple[str, ...]:
+    """`int4,nvfp4,mxfp4` -> ("int", "nvfp4", "mxfp4") (validated, duplicates dropped)."""
+    from ..quant.spec import check_format
+
+    items = spec.split(",") if isinstance(spec, str) else spec
+    out: list[str] = []
+    for item in items:
+        name = item.strip()
+        if not name:
+            continue
+        name = "int" if name == f"int{w_bits}" else name
+        fmt = check_format(name, w_bits, a_bits).value
+        if fmt not in out:
+            out.append(fmt)
+    if not out:
+        raise ConfigError("give at least one format (int, nvfp4, mxfp4)")
+    return tuple(out)
+
+
+def format_skip_reason(entry: Entry, fmt: str, w_bits: int, a_bits: int) -> str | None:
+    """Why `entry` cannot calibrate in `fmt` (None: it can)."""
+    from ..calibrate.methods import get_method
+
+    try:
+        get_method(entry.method).spec(w_bits, a_bits, fmt)
+    except ConfigError as err:
+        return str(err)
+    return None
+
+
 def seeds_for(entry: Entry, seeds: Sequence[int]) -> list[int]:
     """rtn has no randomness (no transforms, no data-dependent step): one run."""
     return [seeds[0]] if entry.method == "rtn" else list(seeds)
@@ -109,10 +147,15 @@ class CompareConfig:
     device: str = "cpu"
     decode: str | None = None  # exact or parallel (None: the model's); see diagnose
     threshold: float | None = None
+    formats: tuple[str, ...] = ("int",)  # quantization formats (quant/formats.py)
 
     def __post_init__(self) -> None:
         if not self.seeds:
             raise ConfigError("give at least one seed")
+        if self.limit <= 0 or self.diag_samples <= 0:
+            raise ConfigError("limit and diag_samples must be positive")
+        object.__setattr__(self, "formats", parse_formats(self.formats, self.w_bits,
+                                                          self.a_bits))
         if self.decode not in (None, "exact", "parallel"):
             raise ConfigError(f"compare decodes with --decode exact or parallel, not "
                               f"{self.decode!r}: its diagnostics need every model's full "
@@ -122,12 +165,19 @@ class CompareConfig:
     def decoding(self) -> dict:
         return {k: v for k, v in (("decode", self.decode), ("threshold", self.threshold))
                 if v is not None}
-        if self.limit <= 0 or self.diag_samples <= 0:
-            raise ConfigError("limit and diag_samples must be positive")
+
+    @property
+    def labelled_formats(self) -> bool:
+        """Whether rows carry their format (anything but the original single int)."""
+        return self.formats != ("int",)
+
+    def label(self, entry: Entry, fmt: str) -> str:
+        return f"{entry.label}:{fmt}" if self.labelled_formats else entry.label
 
 
-def run_name(entry: Entry, seed: int) -> str:
-    return f"{entry.label.replace('@', '_')}-s{seed}"
+def run_name(entry: Entry, seed: int, fmt: str = "int") -> str:
+    suffix = "" if fmt == "int" else f"-{fmt}"
+    return f"{entry.label.replace('@', '_')}{suffix}-s{seed}"
 
 
 def _load_json(file: Path) -> dict | None:
@@ -149,11 +199,15 @@ def run_compare(model: str | Path, out: str | Path, config: CompareConfig,
                 overwrite: bool = False) -> dict:
     """Run (or finish) the comparison in `out`; returns the results dict. `say` reports
     each step started, `detail` the progress within one."""
+    from contextlib import ExitStack
+
     from ..artifacts import claim_workdir
     from ..models.builtin import resolve_model
 
     path = resolve_model(model)
-    with claim_workdir(out, "compare", inputs=(path,), overwrite=overwrite):
+    with ExitStack() as held:  # under torchrun rank 0 holds the claim; every rank works
+        distributed.on_main(lambda: held.enter_context(
+            claim_workdir(out, "compare", inputs=(path,), overwrite=overwrite)))
         return _run_compare(path, Path(out), config, say, detail)
 
 
@@ -186,27 +240,38 @@ def _run_compare(path: Path, out: Path, config: CompareConfig, say, detail) -> d
     if data is None:
         raise ConfigError(f"{path} has no default calibration data: pass --data")
     runs: list[dict] = []
+    skipped: list[dict] = []
     for entry in config.entries:
-        for seed in seeds_for(entry, config.seeds):
-            cfg = CalibConfig(method=entry.method, w_bits=config.w_bits, a_bits=config.a_bits,
-                              epochs=config.epochs, seed=seed, device=config.device
-                              ).resolved(hidden)
-            prior_dir = None
-            if cfg.method in _weighted():
-                prior_dir = out / "priors" / f"{entry.prior_name}-s{seed}"
-                _probe(path, config, entry, seed, prior_dir, say)
-            run_dir = out / "runs" / run_name(entry, seed)
-            _calibrate(path, config, data, cfg, prior_dir, run_dir, say, detail)
-            acc = _evaluate(run_dir, task, config, say)
-            runs.append({"entry": entry.label, "method": entry.method, "seed": seed,
-                         "path": str(run_dir), "prior": str(prior_dir) if prior_dir else None,
-                         "accuracy": acc})
+        for fmt in config.formats:
+            reason = format_skip_reason(entry, fmt, config.w_bits, config.a_bits)
+            if reason is not None:  # e.g. quarot (GPTQ) in FP4: a note, not an error
+                say(f"skipping {entry.label} in {fmt}: {reason}")
+                skipped.append({"entry": entry.label, "format": fmt, "reason": reason})
+                continue
+            for seed in seeds_for(entry, config.seeds):
+                cfg = CalibConfig(method=entry.method, w_bits=config.w_bits,
+                                  a_bits=config.a_bits, epochs=config.epochs, seed=seed,
+                                  device=config.device, format=fmt).resolved(hidden)
+                prior_dir = None
+                if cfg.method in _weighted():
+                    prior_dir = out / "priors" / f"{entry.prior_name}-s{seed}"
+                    _probe(path, config, entry, seed, prior_dir, say)
+                run_dir = out / "runs" / run_name(entry, seed, fmt)
+                _calibrate(path, config, data, cfg, prior_dir, run_dir, say, detail)
+                acc = _evaluate(run_dir, task, config, say)
+                runs.append({"entry": config.label(entry, fmt), "method": entry.method,
+                             "variant": entry.variant, "format": fmt, "seed": seed,
+                             "path": str(run_dir),
+                             "prior": str(prior_dir) if prior_dir else None, "accuracy": acc})
+    if not runs:
+        raise ConfigError("no method can calibrate in the formats asked for: "
+                          + "; ".join(f"{s['entry']} {s['format']}" for s in skipped))
     fp_acc = _evaluate(path, task, config, say, cache=out / "fp-eval.json")
     diag = _diagnose(path, runs, config, out, say, detail)
     from .report import summarize
 
-    results = summarize(path, task, config, fp_acc, runs, diag)
-    _write_json(out / "results.json", results)
+    results = summarize(path, task, config, fp_acc, runs, diag, skipped)
+    distributed.on_main(lambda: _write_json(out / "results.json", results))
     return results
 
 
@@ -222,9 +287,9 @@ def _probe(path: Path, config: CompareConfig, entry: Entry, seed: int, prior_dir
 
     settings = {**entry.prior_settings(), "seed": seed}
     if settings.pop("flat", False):
-        _flat_prior(path, prior_dir)
+        distributed.on_main(lambda: _flat_prior(path, prior_dir))
         return
-    manifest = _load_json(prior_dir / "manifest.json")
+    manifest = distributed.on_main(lambda: _load_json(prior_dir / "manifest.json"))
     if manifest is not None and _same_probe(manifest.get("config", {}), settings):
         return
     say(f"probing the FP teacher for prior {prior_dir.name}")
@@ -271,7 +336,8 @@ def _calibrate(path: Path, config: CompareConfig, data: str, cfg, prior_dir: Pat
                run_dir: Path, say, detail) -> None:
     from ..calibrate.entry import calibrate_checkpoint
 
-    if _is_current(run_dir, cfg, data, config.calib_samples, prior_dir):
+    if distributed.on_main(lambda: _is_current(run_dir, cfg, data, config.calib_samples,
+                                               prior_dir)):
         return
     say(f"calibrating {run_dir.name}")
 
@@ -288,7 +354,7 @@ def _evaluate(model: Path, task: str, config: CompareConfig, say, cache: Path | 
     """Held-out accuracy, cached in `cache` (default MODEL/eval.json)."""
     cache = cache or model / "eval.json"
     key = {"task": task, "limit": config.limit, **config.decoding}
-    cached = _load_json(cache)
+    cached = distributed.on_main(lambda: _load_json(cache))  # every rank follows rank 0
     if cached is not None and cached.get("key") == key:
         return cached["result"]
     say(f"evaluating {model.name} on {task}")
@@ -307,7 +373,7 @@ def _evaluate(model: Path, task: str, config: CompareConfig, say, cache: Path | 
 
         raw = evaluate(model, task, config.limit, console=False, **config.decoding)
         result = {"accuracy": raw["accuracy"], "n": raw["n"], "correct": raw["correct"]}
-    _write_json(cache, {"key": key, "result": result})
+    distributed.on_main(lambda: _write_json(cache, {"key": key, "result": result}))
     return result
 
 
@@ -324,8 +390,9 @@ def _diagnose(path: Path, runs: list[dict], config: CompareConfig, out: Path, sa
     key = {"config": asdict(dconfig), "students": students, "groups": groups,
            "manifests": [file_sha256(Path(p) / "manifest.json") for p in students]}
     key_file = out / "diagnose-key.json"
-    cached = _load_json(directory / "diagnose.json")
-    if cached is not None and _load_json(key_file) == key:
+    cached = distributed.on_main(
+        lambda: _load_json(directory / "diagnose.json") if _load_json(key_file) == key else None)
+    if cached is not None:
         return cached
     say(f"diagnosing {len(students)} students against the FP teacher")
     # w̄ against per-position errors: the first weighted run's prior (seed 0 of the paper's
@@ -333,6 +400,9 @@ def _diagnose(path: Path, runs: list[dict], config: CompareConfig, out: Path, sa
     prior = next((r["prior"] for r in runs if r["prior"]), None)
     report = diagnose(path, students, None, config=dconfig, prior=prior, groups=groups,
                       device=config.device, progress=detail)
-    write_diagnose_dir(report, directory)
-    _write_json(key_file, key)
+    def write() -> None:
+        write_diagnose_dir(report, directory)
+        _write_json(key_file, key)
+
+    distributed.on_main(write)
     return finite_json(report)

@@ -309,7 +309,13 @@ def export_tensorrt(deploy_dir: str | Path, out_dir: str | Path, target: str | T
     nothing is written. `EngineBuildError` (the build itself failed) comes after the
     graph is safely written; its message says where.
     """
+    from ..artifacts import DEPLOY_JSON, read_json
+    from .plugin_graph import check_plugin_format
+
     target = load_target(target)
+    meta_file = Path(deploy_dir) / DEPLOY_JSON
+    if meta_file.is_file():  # an FP4 fold is refused before any lookup (else: read_deploy's error)
+        check_plugin_format(read_json(meta_file))
     if engine:
         import_tensorrt()
         find_plugin_library(plugin_library)

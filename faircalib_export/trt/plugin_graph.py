@@ -45,10 +45,25 @@ OUT_DTYPE_FLOAT32 = 0  # Gemm field out_dtype: 0 fp32, 1 fp16, 2 bf16
 HEAD_PRECISIONS = ("fp32", "fp16")
 
 
+def check_plugin_format(meta: dict) -> None:
+    """The plugins' GEMM takes int4 codes with one scale per row: refuse an FP4 fold, whose
+    E2M1 nibbles and block scales it would misread as int4 codes."""
+    from ..fold.deployed import quant_format
+
+    fmt = quant_format(meta)
+    if fmt.is_fp4:
+        raise ConfigError(
+            f"this model is folded from a {fmt.value} calibration; the TensorRT W4A4 plugins "
+            f"take int4 codes only and would misread its E2M1 nibbles. TensorRT's native FP4 "
+            f"graph is not written yet: export it with --format onnx --variant w4a4-fp4 (or "
+            f"w4a4-fp4-emu for ONNX Runtime), or calibrate with --format int for the plugins")
+
+
 class PluginWriter(_Writer):
     """`_Writer` with the sites and linears as TensorRT plugin nodes."""
 
     def __init__(self, b: GraphBuilder, meta: dict, t: dict, head_precision: str = "fp32"):
+        check_plugin_format(meta)  # before the writer reads FP4 nibbles as int4 codes
         super().__init__(b, meta, t, "w4a4")
         if head_precision not in HEAD_PRECISIONS:
             raise ConfigError(f"head precision must be one of {', '.join(HEAD_PRECISIONS)}, "

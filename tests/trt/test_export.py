@@ -104,6 +104,26 @@ def test_only_w4a4_has_plugins(deployed):
         PluginWriter(GraphBuilder("x"), meta, tensors, head_precision="int8")
 
 
+@pytest.mark.parametrize("fmt", ["nvfp4", "mxfp4"])
+def test_an_fp4_fold_is_refused_for_the_int4_plugins(deployed, tmp_path, monkeypatch, fmt):
+    """The plugins would read E2M1 nibbles as int4 codes: an FP4 fold is refused, with the
+    FP4 ONNX variants named, before TensorRT is looked up and before anything is written.
+    (Mutant: the writer accepting `quant_format` nvfp4.)"""
+    from faircalib_export.export.graph import GraphBuilder
+
+    meta, tensors = read_deploy(deployed)
+    with pytest.raises(ConfigError, match=f"{fmt} calibration.*w4a4-fp4"):
+        PluginWriter(GraphBuilder("x"), dict(meta, quant_format=fmt), tensors)
+    fp4 = tmp_path / "deploy-fp4"
+    shutil.copytree(deployed, fp4)
+    (fp4 / "deploy.json").write_text(json.dumps(dict(meta, quant_format=fmt)))
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # would be TensorRTUnavailableError
+    for engine in (True, False):
+        with pytest.raises(ConfigError, match="misread its E2M1 nibbles"):
+            export_tensorrt(fp4, tmp_path / "out", "rtx5090", engine=engine)
+    assert not (tmp_path / "out").exists()
+
+
 def test_without_tensorrt_nothing_is_written_and_the_error_is_typed(deployed, tmp_path,
                                                                     monkeypatch):
     """An engine asked for where TensorRT is missing: a typed error, and no half-written
