@@ -31,6 +31,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
+from collections.abc import Mapping
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +47,7 @@ def make_checkpoint(family: str, layers: int, out: str) -> None:
 
     from faircalib_export.configs_data import model_configs
     from faircalib_export.models.checkpoint import save_checkpoint
-    from faircalib_export.models.families import parse_config
+    from faircalib_export.models.families import get_family, parse_config
     from faircalib_export.models.tiny import REMOTE_CODE_FILES, TRAP
     from faircalib_export.models.tokenizer_files import (
         SPECIALS,
@@ -57,23 +59,38 @@ def make_checkpoint(family: str, layers: int, out: str) -> None:
     raw = json.loads(model_configs()[MODELS[family]].read_text())
     cfg = dataclasses.replace(parse_config(raw), num_layers=layers)
     tok = byte_level_tokenizer(SPECIALS[cfg.family])
-    torch.set_default_dtype(torch.bfloat16)
-    model = DiffusionLM(cfg)
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.fill_(1.0)
-            else:  # bf16 normal draws in row chunks: no fp32 copy of the big tables
-                for chunk in p.view(-1, p.shape[-1]).split(8192):
-                    chunk.normal_(0.0, 0.02, generator=gen)
+    with torch.device("meta"):  # shapes only: the weights are drawn shard by shard
+        model = DiffusionLM(cfg)
+    shapes = dict(model.named_parameters())
+    mapping = get_family(cfg.family).keys.mapping(cfg)  # canonical name -> checkpoint key
+
+    class RandomWeights(Mapping):
+        """bf16 N(0, 0.02) weights (norms 1), drawn when a shard is written."""
+
+        def __getitem__(self, key):
+            canon = next(c for c, k in mapping.items() if k == key)
+            t = torch.empty(shapes[canon].shape, dtype=torch.bfloat16)
+            if canon.endswith("norm.weight"):
+                return t.fill_(1.0)
+            gen = torch.Generator().manual_seed(zlib.crc32(key.encode()))
+            for chunk in t.view(-1, t.shape[-1]).split(8192):  # no fp32 copy of a table
+                chunk.normal_(0.0, 0.02, generator=gen)
+            return t
+
+        def __iter__(self):
+            return iter(mapping.values())
+
+        def __len__(self):
+            return len(mapping)
+
     traps = {name: TRAP for name in REMOTE_CODE_FILES[cfg.family]}
     save_checkpoint(model, out, lambda d: write_tokenizer(d, tok, cfg.family),
-                    shards=4, dtype=torch.bfloat16, extra_files=traps)
+                    shards=max(4, layers // 2), extra_files=traps, state=RandomWeights())
 
 
 def ort_forward(onnx_dir: str) -> None:
-    """Child: open the exported model and run one 1 x 256 forward ("summary")."""
+    """Child: open the exported model and run two 1 x 256 forwards ("summary"); the
+    second is timed as the forward."""
     import numpy as np
 
     from faircalib_runtime.onnx import open_exported
@@ -84,7 +101,9 @@ def ort_forward(onnx_dir: str) -> None:
     ids = np.random.default_rng(0).integers(0, 256, size=(1, 256), dtype=np.int64)
     exported.session.forward(ids, None, None, "summary")
     t2 = time.perf_counter()
-    print(json.dumps({"open_s": t1 - t0, "forward_s": t2 - t1}))
+    exported.session.forward(ids, None, None, "summary")  # warm: what each step costs
+    t3 = time.perf_counter()
+    print(json.dumps({"open_s": t1 - t0, "forward_s": t3 - t2, "first_forward_s": t2 - t1}))
 
 
 def run_stage(argv: list[str], log: Path) -> tuple[float, float, str]:
@@ -104,13 +123,14 @@ def dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def plan_calib_gib(ck: Path, samples: int, seq_len: int) -> float | None:
+def host_plan_gib(ck: Path, samples: int, seq_len: int) -> dict:
+    """`faircalib-export plan`'s CPU-pipeline figures for this checkpoint (GiB)."""
     out = subprocess.run(["faircalib-export", "plan", str(ck), "--samples", str(samples),
                           "--seq-len", str(seq_len), "--json"],
-                         capture_output=True, text=True, cwd=ROOT)
-    if out.returncode != 0:
-        return None
-    return json.loads(out.stdout)["calibration"]["peak_gib"]
+                         capture_output=True, text=True, cwd=ROOT, check=True)
+    data = json.loads(out.stdout)
+    return {**data["host_cpu_pipeline_gib"],
+            "calibrate_flatquant_gpu": data["calibration"]["peak_gib"]}
 
 
 def pipeline(family: str, layers: int, tmp: Path, args, with_ort: bool) -> list[dict]:
@@ -129,29 +149,45 @@ def pipeline(family: str, layers: int, tmp: Path, args, with_ort: bool) -> list[
 
     stage("checkpoint", me + ["--_make-checkpoint", family, str(layers), str(ck)])
     rows[-1]["note"] = f"{dir_bytes(ck) / GIB:.2f} GiB on disk"
-    pc = plan_calib_gib(ck, args.samples, args.seq_len)
+    hp = host_plan_gib(ck, args.samples, args.seq_len)
     stage("calibrate rtn", ["faircalib-export", "calibrate", str(ck), "-o", str(cal),
                             "--method", "rtn", "--data", str(args.data),
                             "--samples", str(args.samples), "--seq-len", str(args.seq_len)],
-          plan="-" if pc is None else f"{pc:.2f} (GPU)")
-    stage("fold", ["faircalib-export", "fold", str(cal), "-o", str(dep)])
-    shutil.rmtree(cal)
+          plan=hp["calibrate_rtn"])
+    if args.flatquant:  # every block trained for one epoch (2 blocks at --quick)
+        fq = Path(f"{base}-flatquant")
+        stage("calibrate flatquant 1 epoch",
+              ["faircalib-export", "calibrate", str(ck), "-o", str(fq), "--method", "flatquant",
+               "--epochs", "1", "--data", str(args.data), "--samples", str(args.samples),
+               "--seq-len", str(args.seq_len)],
+              plan=f"{hp['calibrate_flatquant_gpu']:.2f} (GPU)")
+        if not args.keep:
+            shutil.rmtree(fq)
+    stage("fold", ["faircalib-export", "fold", str(cal), "-o", str(dep)], plan=hp["fold"])
+    if not args.keep:
+        shutil.rmtree(cal)
     for variant in args.variants:
-        out = Path(f"{onnx}-{variant}")
-        stage(f"export {variant}", ["faircalib-export", "export", str(dep), "-o", str(out),
-                                    "--variant", variant])
-        disk = sum((out / n).stat().st_size for n in ("model.onnx", "model.onnx.data")
-                   if (out / n).exists())
-        rows[-1]["note"] = f"onnx {disk / GIB:.2f} GiB"
-        if with_ort:
-            text = stage(f"ORT fwd 1x256 {variant}", me + ["--_ort-forward", str(out)])
-            times = json.loads(text.strip().splitlines()[-1])
-            rows[-1]["note"] = (f"{rows[-1]['rss_gib'] * GIB / disk:.2f}x onnx size; "
-                                f"open {times['open_s']:.1f} s, fwd {times['forward_s']:.1f} s")
-        shutil.rmtree(out)
-    shutil.rmtree(dep)
-    if ck.exists():
-        shutil.rmtree(ck)
+        for memory in args.ort_memory:
+            out = Path(f"{onnx}-{variant}-{memory}")
+            label = variant if memory == "fast" else f"{variant} --ort-memory {memory}"
+            stage(f"export {label}", ["faircalib-export", "export", str(dep), "-o", str(out),
+                                      "--variant", variant, "--ort-memory", memory],
+                  plan=hp["export_w4a4_int"] if variant == "w4a4-int" else "-")
+            disk = sum((out / n).stat().st_size for n in ("model.onnx", "model.onnx.data")
+                       if (out / n).exists())
+            rows[-1]["note"] = f"onnx {disk / GIB:.2f} GiB"
+            if with_ort:
+                text = stage(f"ORT fwd 1x256 {label}", me + ["--_ort-forward", str(out)],
+                             plan=hp[f"ort_session_{memory}"] if variant == "w4a4-int" else "-")
+                times = json.loads(text.strip().splitlines()[-1])
+                rows[-1]["note"] = (f"{rows[-1]['rss_gib'] * GIB / disk:.2f}x onnx size; "
+                                    f"open {times['open_s']:.1f} s, "
+                                    f"fwd {times['forward_s']:.1f} s")
+            if not args.keep:
+                shutil.rmtree(out)
+    if not args.keep:
+        shutil.rmtree(dep)
+        shutil.rmtree(ck, ignore_errors=True)
     return rows
 
 
@@ -163,6 +199,10 @@ def main() -> None:
     ap.add_argument("--compare-layers", type=int, default=0,
                     help="also run calibrate/fold/export at this depth (RSS ratio)")
     ap.add_argument("--variants", nargs="+", default=["w4a4-int"])
+    ap.add_argument("--flatquant", action="store_true",
+                    help="also run calibrate --method flatquant for one epoch")
+    ap.add_argument("--ort-memory", nargs="+", default=["fast", "low"],
+                    choices=["fast", "low"], help="export --ort-memory modes to run")
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--data", type=Path, default=DATA)
@@ -202,7 +242,7 @@ def main() -> None:
     print("|" + "|".join("-" * (len(c)) for c in head.split("|")[1:]))
     for r in rows:
         print(f"| {r['model']:<18} | {r['layers']} | {r['stage']:<22} | {r['wall_s']:6.1f} | "
-              f"{r['rss_gib']:12.2f} | {r['plan']:<11} | {r['note']}")
+              f"{r['rss_gib']:12.2f} | {str(r['plan']):<11} | {r['note']}")
     if args.compare_layers:
         print()
         for fam in args.families:

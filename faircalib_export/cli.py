@@ -327,9 +327,8 @@ def export(
              "exact W4A16), 2 fp16, 3 bf16, 4 int8 per block of 32 (faster for short "
              "steps only).")] = None,
     ort_memory: Annotated[str, typer.Option(
-        help="How ONNX Runtime holds the weights: fast (its defaults: casts folded and GEMM "
-             "operands prepacked at load, about 2x the file in memory) or low (weights kept "
-             "as stored and widened per op at run time: about the file's size, slower).")
+        help="How ONNX Runtime holds the weights: fast (its defaults) or low (no prepacked "
+             "GEMM operands: LLaDA-8B w4a4-int 9.7 instead of 11.3 GiB, about 20% slower).")
     ] = "fast",
     engine: Annotated[bool, typer.Option(
         help="--format tensorrt: build the engine (needs tensorrt, the plugin library and a "

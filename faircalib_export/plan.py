@@ -175,10 +175,9 @@ def host_plan(cfg: ModelConfig, *, samples: int, seq_len: int, checkpoint_bytes:
     - a block: fp32 weights (fold: and their int8 codes), the largest linear folded in
       float64 (input, product, the codes as float);
     - export streams its initializers to the data file: one fp16 table at a time;
-    - ONNX Runtime ("fast", its defaults) holds the file, the w4a4-int block weights once
-      more (INT4 codes widened to int8 at load) and the LM head in fp32 (the fp16 head's
-      Cast folded at load); "low" keeps the file as stored and widens one op at a time,
-      the head's fp32 copy included.
+    - ONNX Runtime holds the file, the w4a4-int block weights once more (INT4 codes
+      widened to int8 at load) and the LM head in fp32 (the fp16 head's Cast folded at
+      load); "fast" (its defaults) also prepacks the head for its GEMM, "low" does not.
     """
     from .info import QUANT_LINEARS, linear_shape, memory_estimate
 
@@ -195,10 +194,9 @@ def host_plan(cfg: ModelConfig, *, samples: int, seq_len: int, checkpoint_bytes:
     disk = memory_estimate(cfg)["w4a4_bytes"]
     blocks_int4 = memory_estimate(cfg)["w4a4_block_bytes_only"]
     head = 0 if cfg.tie_word_embeddings else table
-    if ort_memory == "fast":
-        ort = ORT_BASE_GIB * GIB + disk + blocks_int4 + head * F32
-    else:
-        ort = ORT_BASE_GIB * GIB + disk + head * F32 // 2
+    # the fp16 head becomes fp32 (+2 bytes a weight); "fast" also prepacks it (+4 more)
+    ort = ORT_BASE_GIB * GIB + disk + blocks_int4 + head * (F32 + F16 if ort_memory == "fast"
+                                                             else F16)
     gib = lambda n: round(n / GIB, 2)  # noqa: E731
     return {"calibrate_rtn": gib(calibrate), "fold": gib(fold), "export_w4a4_int": gib(export),
             "onnx_file": gib(disk), f"ort_session_{ort_memory}": gib(ort)}

@@ -112,9 +112,6 @@ def validate_runtime_config(config: Any, file: str | Path) -> dict:
     if not (isinstance(session_config, dict)
             and all(isinstance(v, str) for v in session_config.values())):
         raise bad("ort_session_config", "must map setting names to strings")
-    disabled = config.get("ort_disabled_optimizers", [])
-    if not (isinstance(disabled, list) and all(isinstance(v, str) for v in disabled)):
-        raise bad("ort_disabled_optimizers", "must be a list of optimizer names")
     if config.get("cache") is not None:
         _validate_cache(config["cache"], deploy, bad)
     return config
@@ -175,9 +172,7 @@ class OnnxBackend:
         try:
             self.session = ort.InferenceSession(
                 str(self.directory / self.config["model_file"]), options,
-                providers=list(providers or ["CPUExecutionProvider"]),
-                # e.g. ConstantFolding, for exports that keep their weights packed
-                disabled_optimizers=self.config.get("ort_disabled_optimizers") or None)
+                providers=list(providers or ["CPUExecutionProvider"]))
         except Exception as err:  # ORT raises its own exception types
             hint = (f" (the {FP4_QDQ_VARIANT} graph needs FP4 Q/DQ kernels; run it with "
                     f"onnx.reference.ReferenceEvaluator or an FP4 runtime, or export "
