@@ -35,6 +35,8 @@ import zlib
 from collections.abc import Mapping
 from pathlib import Path
 
+from faircalib_export.export.onnx_export import ORT_MEMORY, ExportOptions
+
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {"llada": "llada-8b-instruct", "dream": "dream-7b-instruct"}
 DATA = ROOT.parent / "shared" / "data" / "wikitext2" / "tokenized" / "valid.txt"
@@ -169,7 +171,8 @@ def pipeline(family: str, layers: int, tmp: Path, args, with_ort: bool) -> list[
     for variant in args.variants:
         for memory in args.ort_memory:
             out = Path(f"{onnx}-{variant}-{memory}")
-            label = variant if memory == "fast" else f"{variant} --ort-memory {memory}"
+            label = variant if memory == ExportOptions.ort_memory else \
+                f"{variant} --ort-memory {memory}"
             stage(f"export {label}", ["faircalib-export", "export", str(dep), "-o", str(out),
                                       "--variant", variant, "--ort-memory", memory],
                   plan=hp["export_w4a4_int"] if variant == "w4a4-int" else "-")
@@ -201,8 +204,8 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=["w4a4-int"])
     ap.add_argument("--flatquant", action="store_true",
                     help="also run calibrate --method flatquant for one epoch")
-    ap.add_argument("--ort-memory", nargs="+", default=["fast", "low"],
-                    choices=["fast", "low"], help="export --ort-memory modes to run")
+    ap.add_argument("--ort-memory", nargs="+", default=list(ORT_MEMORY),
+                    choices=list(ORT_MEMORY), help="export --ort-memory modes to run")
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--data", type=Path, default=DATA)

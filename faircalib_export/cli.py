@@ -326,10 +326,11 @@ def export(
         help="MatMulNBits accuracy level of the weight-only graph: 0 unset, 1 fp32 (default: "
              "exact W4A16), 2 fp16, 3 bf16, 4 int8 per block of 32 (faster for short "
              "steps only).")] = None,
-    ort_memory: Annotated[str, typer.Option(
+    ort_memory: Annotated[str | None, typer.Option(
         help="How ONNX Runtime holds the weights: fast (its defaults) or low (no prepacked "
-             "GEMM operands: LLaDA-8B w4a4-int 9.7 instead of 11.3 GiB, about 20% slower).")
-    ] = "fast",
+             "GEMM operands: LLaDA-8B w4a4-int 9.7 instead of 11.3 GiB, about 20% slower). "
+             "Default: fast.")
+    ] = None,
     engine: Annotated[bool, typer.Option(
         help="--format tensorrt: build the engine (needs tensorrt, the plugin library and a "
              "GPU; nothing is written where they are missing). --no-engine writes the plugin "
@@ -355,7 +356,7 @@ def export(
 
     options = ExportOptions(variant=variant, external_data=external_data,
                             head_activations=head_activations, accuracy_level=accuracy_level,
-                            ort_memory=ort_memory)
+                            **({} if ort_memory is None else {"ort_memory": ort_memory}))
     path = export_onnx(deploy, out, options, overwrite=overwrite)
     size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
     console.print(f"wrote {variant} ONNX model {path} ({_mib(size)})")

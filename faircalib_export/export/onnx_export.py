@@ -103,7 +103,14 @@ from ..models.config import ModelConfig
 from ..quant.formats import QuantFormat
 from ..quant.quantizer import NO_QUANT_BITS, qmax
 from . import fp4_graph
-from .graph import FP4_IR_VERSION, FP4_OPSET, MS_DOMAIN, GraphBuilder, int_tensor
+from .graph import (
+    EXTERNAL_MIN_BYTES,
+    FP4_IR_VERSION,
+    FP4_OPSET,
+    MS_DOMAIN,
+    GraphBuilder,
+    int_tensor,
+)
 
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
@@ -552,7 +559,7 @@ def write_export_dir(model: onnx.ModelProto, deploy_dir: Path, meta: dict, out: 
             # small tensors (shapes, axes) stay inline: shape inference must read them
             onnx.save_model(model, str(tmp / MODEL_FILE), save_as_external_data=True,
                             all_tensors_to_one_file=True, location=DATA_FILE,
-                            size_threshold=1024)
+                            size_threshold=EXTERNAL_MIN_BYTES)
             (tmp / DATA_FILE).chmod(0o644)
         else:
             onnx.save_model(model, str(tmp / MODEL_FILE))
