@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -325,10 +325,26 @@ def create_app(model: str | Path | None = None, *, opened: Any = None, name: str
                     "total_tokens": prompt_tokens + completion}
 
         if not req.stream:
+            finished = asyncio.gather(*done.values())
+            deadline = None if server.timeout is None else started + server.timeout
             try:
-                await asyncio.wait_for(asyncio.gather(*done.values()), server.timeout)
+                while True:  # wake twice a second: a client that went away frees its rows
+                    wait = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
+                    if wait <= 0:
+                        raise asyncio.TimeoutError
+                    try:
+                        await asyncio.wait_for(asyncio.shield(finished), wait)
+                        break
+                    except asyncio.TimeoutError:
+                        if deadline is not None and time.monotonic() >= deadline:
+                            raise
+                        if await request.is_disconnected():
+                            cancel_all()
+                            finished.cancel()
+                            return Response(status_code=499)  # nobody reads it
             except asyncio.TimeoutError as err:
                 cancel_all()
+                finished.cancel()
                 raise APIError(504, f"the request did not finish within {server.timeout} s",
                                "timeout_error", code="timeout") from err
             except Exception as err:

@@ -1,18 +1,23 @@
 """The batching scheduler behind `faircalib-export serve`.
 
-One worker thread owns the model. Requests are queued as `Job`s; each time the worker is
-free it takes the oldest waiting job and every other waiting job with the same batch key
-(up to `max_batch`), decodes them as ONE backend batch with `OpenedModel.generate`, hands
-each job its own rows, and goes back to the queue.
+One worker thread owns the model. Requests are queued as `Job`s. Two ways to decode them:
 
-Batching is per batch, not continuous: a request that arrives while a batch is decoding
-joins the next batch, not the running one at its next block boundary.
+* Continuous batching (greedy decode=exact configs on exported models, see
+  `faircalib_runtime.continuous`): the worker keeps a running batch and calls the model
+  once per denoising step for all of its rows. Between steps, finished rows leave and
+  waiting jobs with the same config join, up to `max_batch` rows; a joining row starts at
+  its own step 0 (for LLaDA, its own first block), so a request never waits for a batch
+  to drain. Jobs with another config wait until the running batch has emptied; while one
+  waits, no more jobs join the running batch (first come, first served).
+* Per batch (every other config: sampling, threshold or cached decoding, guidance, and
+  PyTorch artifacts): the worker takes the oldest job and every waiting job with the same
+  batch key, up to `max_batch`, and decodes them with `OpenedModel.generate`.
 
 Determinism: a request's tokens must not depend on what it was batched with.
   * greedy configs (temperature 0, no random remasking / Dream `origin` / `alg_temp`) use no
     random numbers; their seed is normalized to 0 and requests with equal configs share a
     batch (prompts of different lengths are left-padded; the padded positions are masked
-    out of attention, tests/serve checks batched == alone);
+    out of attention; tests/serve checks batched == alone);
   * sampled configs draw from the runtime's counter RNG per (row, column), so a sampled
     request's draws would depend on its row and on the batch's padding: each sampled
     request is decoded in a batch of its own (key unique to the job).
@@ -30,6 +35,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from faircalib_runtime import continuous
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -95,7 +102,7 @@ class Metrics:
         self.generated_tokens = 0
         self.prompt_tokens = 0
         self.decode_steps = 0
-        self.batches = 0
+        self.admitted = 0
         self.batch_sizes = [0] * (len(BATCH_BUCKETS) + 1)
         self.batch_size_sum = 0
         self.latency = [0] * (len(LATENCY_BUCKETS) + 1)
@@ -113,12 +120,16 @@ class Metrics:
             self.latency_sum += seconds
             self.latency_count += 1
 
-    def observe_batch(self, size: int, steps: int) -> None:
+    def observe_step(self, rows: int) -> None:
+        """One backend call (denoising step) over `rows` sequences."""
         with self.lock:
-            self.batches += 1
-            self.batch_sizes[_bucket(BATCH_BUCKETS, size)] += 1
-            self.batch_size_sum += size
-            self.decode_steps += steps
+            self.decode_steps += 1
+            self.batch_sizes[_bucket(BATCH_BUCKETS, rows)] += 1
+            self.batch_size_sum += rows
+
+    def observe_admitted(self, jobs: int) -> None:
+        with self.lock:
+            self.admitted += jobs
 
     def render(self, queue_depth: int) -> str:
         p = "faircalib_serve_"
@@ -151,13 +162,13 @@ class Metrics:
             counter("generated_tokens_total", "Completion tokens returned.",
                     self.generated_tokens)
             counter("prompt_tokens_total", "Prompt tokens decoded.", self.prompt_tokens)
-            counter("decode_steps_total", "Denoising steps run (one per batch step).",
-                    self.decode_steps)
-            counter("batches_total", "Backend batches decoded.", self.batches)
+            counter("decode_steps_total", "Denoising steps run (backend calls; one step "
+                    "decodes every row of the batch).", self.decode_steps)
+            counter("rows_started_total", "Sequences that started decoding.", self.admitted)
             counter("dropped_total", "Jobs dropped before they started (client gone, "
                     "timeout).", self.dropped)
-            histogram("batch_size", "Rows per backend batch.", BATCH_BUCKETS,
-                      self.batch_sizes, self.batch_size_sum, self.batches)
+            histogram("batch_size", "Rows per denoising step.", BATCH_BUCKETS,
+                      self.batch_sizes, self.batch_size_sum, self.decode_steps)
             histogram("request_latency_seconds", "Time from request to response.",
                       LATENCY_BUCKETS, self.latency, round(self.latency_sum, 6),
                       self.latency_count)
@@ -175,19 +186,28 @@ def _bucket(bounds: Sequence[float], value: float) -> int:
 
 
 class Engine:
-    """A queue and one worker thread decoding batches on an `OpenedModel`."""
+    """A queue and one worker thread decoding on an `OpenedModel`.
+
+    `continuous=None` batches continuously wherever the config allows it and the model is
+    an exported one (ONNX, TensorRT); False always decodes a batch at a time.
+    """
 
     def __init__(self, model: Any, *, max_batch: int = MAX_BATCH,
-                 metrics: Metrics | None = None):
+                 metrics: Metrics | None = None, continuous: bool | None = None):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.model = model
         self.max_batch = max_batch
         self.metrics = metrics or Metrics()
+        if continuous is None:
+            continuous = getattr(model, "kind", None) in ("onnx", "tensorrt")
+        self.continuous = continuous
         self._queue: deque[Job] = deque()
         self._cond = threading.Condition()
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._backend: Any = None
+        self._running: RunningBatch | None = None
 
     # --- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -218,7 +238,8 @@ class Engine:
             self._cond.notify_all()
 
     def cancel(self, job: Job) -> bool:
-        """Drop a job that has not started; True when it was dropped."""
+        """Drop a job: a waiting one at once (True), a continuously batched one before the
+        next step (its row leaves the batch); a per-batch decode runs to its end."""
         with self._cond:
             job.cancelled = True
             if job.started:
@@ -231,31 +252,89 @@ class Engine:
             return True
 
     # --- worker ------------------------------------------------------------------------
-    def _take(self) -> list[Job] | None:
-        with self._cond:
-            while not self._queue:
-                if self._closed:
-                    return None
-                self._cond.wait()
-            key = self._queue[0].key
-            batch = [j for j in self._queue if j.key == key][: self.max_batch]
-            for job in batch:
-                self._queue.remove(job)
-                job.started = True
-            return batch
-
     def _run(self) -> None:
-        while (batch := self._take()) is not None:
-            self._decode(batch)
+        while True:
+            with self._cond:
+                while not self._queue and self._running is None:
+                    if self._closed:
+                        return
+                    self._cond.wait()
+                if self._running is None:
+                    head = self._queue[0]
+                    if not (self.continuous and continuous.supports(head.config)):
+                        batch = self._take(head.key, self.max_batch)
+                        self._running = None
+                    else:
+                        batch = None
+                        self._running = RunningBatch(head.config)
+                joining = (self._take(self._running.key, self.max_batch - len(self._running),
+                                      in_order=True) if self._running is not None else [])
+            if batch is not None:
+                self._decode(batch)
+            else:
+                self._step(joining)
+
+    def _take(self, key: Any, limit: int, in_order: bool = False) -> list[Job]:
+        """Waiting jobs with `key` (the caller holds the lock), oldest first. `in_order`
+        stops at the first job with another key, so that job is not overtaken."""
+        batch = []
+        for job in self._queue:
+            if len(batch) >= limit:
+                break
+            if job.key == key:
+                batch.append(job)
+            elif in_order:
+                break
+        for job in batch:
+            self._queue.remove(job)
+            job.started = True
+        self.metrics.observe_admitted(len(batch))
+        return batch
+
+    def _step(self, joining: list[Job]) -> None:
+        """Admit `joining` to the running batch, drop cancelled rows, run one step."""
+        running = self._running
+        if running.stepper is None:
+            if self._backend is None:
+                self._backend = self.model.backend()
+            running.stepper = continuous.Continuous(self._backend, running.config)
+        for job in joining:
+            try:
+                running.jobs[running.stepper.add(job.prompt)] = job
+            except ValueError as err:  # a prompt the loop refuses: this job fails alone
+                job.on_done(None, err)
+        for row, job in list(running.jobs.items()):
+            if job.cancelled:
+                running.stepper.remove(row)
+                del running.jobs[row]
+                self.metrics.dropped += 1
+        rows = len(running.stepper)
+        try:
+            events = running.stepper.step()
+        except BaseException as err:  # every row gets the error; the worker goes on
+            for job in running.jobs.values():
+                job.on_done(None, err)
+            running.jobs.clear()
+            events = []
+        if rows:
+            self.metrics.observe_step(rows)
+        for event in events:
+            job = running.jobs[event.row]
+            if job.on_step is not None and event.positions:
+                job.on_step(event.step, event.block, event.positions, event.tokens)
+            if event.row.done:
+                del running.jobs[event.row]
+                job.on_done(event.row.generated, None)
+        if not running.jobs:
+            with self._cond:
+                self._running = None
 
     def _decode(self, batch: list[Job]) -> None:
         config = batch[0].config
         window = config.window
-        steps = 0
 
         def on_step(event) -> None:
-            nonlocal steps
-            steps += 1
+            self.metrics.observe_step(len(batch))
             x = np.asarray(event.x)[:, -window:]
             committed = np.asarray(event.committed)[:, -window:]
             for row, job in enumerate(batch):
@@ -272,8 +351,22 @@ class Engine:
         except BaseException as err:  # each job gets the error; the worker goes on
             for job in batch:
                 job.on_done(None, err)
-            self.metrics.observe_batch(len(batch), steps)
             return
-        self.metrics.observe_batch(len(batch), steps)
         for job, ids in zip(batch, result.generated, strict=True):
             job.on_done([int(i) for i in ids], None)
+
+
+@dataclass(eq=False)
+class RunningBatch:
+    """The running continuous batch: its config (= batch key) and its rows' jobs."""
+
+    config: Any
+    stepper: Any = None  # faircalib_runtime.continuous.Continuous, made by the worker
+    jobs: dict = field(default_factory=dict)  # Row -> Job
+
+    @property
+    def key(self) -> Any:
+        return self.config
+
+    def __len__(self) -> int:
+        return len(self.jobs)

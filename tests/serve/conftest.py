@@ -60,3 +60,9 @@ def serve(path, **options) -> Running:
 def server(onnx_dir):
     with serve(onnx_dir, max_batch=16, max_tokens=64) as running:
         yield running
+
+
+@pytest.fixture
+def start_server():
+    """`serve(path, **options)`: a context manager running a server of its own."""
+    return serve

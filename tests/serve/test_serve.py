@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import httpx
 import pytest
@@ -124,13 +125,13 @@ def test_batched_equals_alone(server):
     alone = [httpx.post(server.url + "/v1/completions", json=b, timeout=60).json()
              ["choices"][0]["text"] for b in bodies[:len(PROMPTS)] + sampled]
     alone = alone[:len(PROMPTS)] * 3 + alone[len(PROMPTS):]
-    batches, rows = metric(server, "batches_total"), metric(server, "batch_size_sum")
+    steps, rows = metric(server, "decode_steps_total"), metric(server, "batch_size_sum")
     together = _concurrent(server, bodies)
     assert together == alone
-    new_batches = metric(server, "batches_total") - batches
+    new_steps = metric(server, "decode_steps_total") - steps
     new_rows = metric(server, "batch_size_sum") - rows
-    assert new_rows == len(bodies)
-    assert new_batches < len(bodies)  # greedy requests shared batches
+    assert new_rows == 16 * len(bodies)  # every request's row took part in its 16 steps
+    assert new_steps < 16 * len(bodies)  # greedy requests shared steps
 
 
 def test_streaming_completions_and_chat(server, opened):
@@ -262,3 +263,31 @@ def test_cli_has_serve(capsys):
             "assert not {'fastapi', 'uvicorn', 'torch'} & set(sys.modules), 'heavy import'")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_client_that_goes_away_frees_its_row(onnx_dir, start_server, stream):
+    """A long decode whose client closes the connection stops within a poll interval
+    (0.5 s) instead of running its 440 steps; the server goes on serving."""
+    import socket
+
+    with start_server(onnx_dir, max_tokens=440) as running:
+        body = json.dumps({"prompt": "a b c", "max_tokens": 440, "stream": stream,
+                           "dllm": {"steps": 440, "block_length": 440}}).encode()
+        with socket.create_connection(("127.0.0.1", running.port)) as sock:
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nhost: x\r\n"
+                         b"content-type: application/json\r\n"
+                         b"content-length: %d\r\n\r\n" % len(body) + body)
+            deadline = time.monotonic() + 30
+            while metric(running, "decode_steps_total") < 3:  # it is decoding
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        deadline = time.monotonic() + 30
+        while metric(running, "dropped_total") < 1:
+            assert time.monotonic() < deadline, "the row was never dropped"
+            time.sleep(0.05)
+        steps = metric(running, "decode_steps_total")
+        time.sleep(0.5)
+        assert metric(running, "decode_steps_total") == steps < 440  # nothing runs on
+        ok = client(running).completions.create(model="chain", prompt="a b", max_tokens=8)
+        assert ok.choices[0].finish_reason in ("stop", "length")
