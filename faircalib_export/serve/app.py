@@ -101,6 +101,7 @@ class Server:
         self.created = int(time.time())
         self._tok_lock = threading.Lock()
         self._plain = opened.text_decoder(False)
+        self._render = _chat_renderer(opened)
 
     def encode(self, text: str, chat: bool) -> list[int]:
         # the exported tokenizer keeps its chat affixes as state: one text decoder at a time
@@ -108,6 +109,28 @@ class Server:
             ids = self.opened.text_decoder(chat).encode(text)
             self._plain = self.opened.text_decoder(False)
             return ids
+
+    def conversation(self, messages: list[ChatMessage]) -> tuple[str, bool]:
+        """(prompt text, whether to wrap it in the chat affixes) for a chat request.
+
+        A single user message is wrapped in the chat affixes of runtime.json, exactly as
+        `generate --chat` does. A conversation (system prompt, earlier turns) is rendered
+        with the model's chat template; without a template its earlier turns are written
+        before the last user message as `role: content` lines, inside the affixes.
+        """
+        if messages[-1].role != "user":
+            raise APIError(400, "the last message must have role 'user'", param="messages")
+        if len(messages) == 1:
+            return messages[0].content or "", True
+        turns = [{"role": m.role, "content": m.content or ""} for m in messages]
+        if self._render is None:
+            earlier = [f"{t['role']}: {t['content']}" for t in turns[:-1]]
+            return "\n".join([*earlier, turns[-1]["content"]]), True
+        try:
+            return self._render(turns), False
+        except Exception as err:  # the template's own raise_exception, or a bad role
+            raise APIError(400, f"the chat template refused the conversation: {err}",
+                           param="messages") from err
 
     def decode(self, ids: list[int]) -> str:
         with self._tok_lock:
@@ -261,15 +284,17 @@ def create_app(model: str | Path | None = None, *, opened: Any = None, name: str
             "kind": getattr(server.opened, "kind", None),
             "max_tokens": server.max_tokens, "context_length": server.opened.max_length}]}
 
-    async def run(request: Request, req: _Common, prompts: list[str], chat: bool):
+    async def run(request: Request, req: _Common, prompts: list[tuple[str, bool]], chat: bool):
+        """Decode `prompts` ((text, wrap in the chat affixes) pairs); `chat` answers in the
+        chat.completion format."""
         started = time.monotonic()
         server.check_model(req.model)
         stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         seed = req.seed or 0
         choices: list[_Choice] = []
         configs = []
-        for p_index, text in enumerate(prompts):
-            ids = server.encode(text, chat)
+        for p_index, (text, wrap) in enumerate(prompts):
+            ids = server.encode(text, wrap)
             for i in range(req.n):
                 config, max_tokens = server.config(req, seed + i)
                 server.check_prompt(ids, config.window)
@@ -432,19 +457,23 @@ def create_app(model: str | Path | None = None, *, opened: Any = None, name: str
         prompts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
         if not prompts:
             raise APIError(400, "prompt must not be empty", param="prompt")
-        return await run(request, req, prompts, chat=False)
+        return await run(request, req, [(p, False) for p in prompts], chat=False)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request, req: ChatRequest):
-        return await run(request, req, [_conversation(req.messages)], chat=True)
+        return await run(request, req, [server.conversation(req.messages)], chat=True)
 
     return app
 
 
-def _conversation(messages: list[ChatMessage]) -> str:
-    """One user turn for the model's chat affixes: the last user message, earlier turns
-    (system, previous exchanges) written before it as `role: content` lines."""
-    if messages[-1].role != "user":
-        raise APIError(400, "the last message must have role 'user'", param="messages")
-    earlier = [f"{m.role}: {m.content or ''}" for m in messages[:-1]]
-    return "\n".join([*earlier, messages[-1].content or ""])
+def _chat_renderer(opened: Any):
+    """messages -> prompt text with the model's chat template, or None without one."""
+    tokenizer = getattr(opened, "tokenizer", None)
+    if getattr(tokenizer, "chat_template", None) and hasattr(tokenizer, "apply_chat_template"):
+        return lambda turns: tokenizer.apply_chat_template(turns, add_generation_prompt=True,
+                                                           tokenize=False)
+    from faircalib_runtime.chat import ChatTemplate
+
+    path = getattr(opened, "path", None)
+    template = ChatTemplate.from_dir(path) if path is not None else None
+    return None if template is None else template.render

@@ -72,6 +72,25 @@ def test_chat_matches_generate(server, opened):
                                                     gen_length=32, steps=16)
 
 
+def test_multi_turn_chat_uses_the_chat_template(server, opened, onnx_dir):
+    """A conversation is rendered with the export's chat template (every turn in its
+    role's header), then decoded like any prompt."""
+    messages = [{"role": "system", "content": "be brief"},
+                {"role": "user", "content": "a b"},
+                {"role": "assistant", "content": "c d"},
+                {"role": "user", "content": "e f"}]
+    out = client(server).chat.completions.create(model="chain", messages=messages,
+                                                 max_tokens=32)
+    rendered = ("<|startoftext|>" + "".join(
+        f"<|start_header_id|>{m['role']}<|end_header_id|>\n\n{m['content']}<|eot_id|>"
+        for m in messages) + "<|start_header_id|>assistant<|end_header_id|>\n\n")
+    assert out.choices[0].message.content == direct(opened, rendered, gen_length=32, steps=16)
+    assert out.usage.prompt_tokens == len(opened.text_decoder(False).encode(rendered))
+    bad = httpx.post(server.url + "/v1/chat/completions", json={"messages": [
+        {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "messages"
+
+
 def test_dllm_options_and_sampling(server, opened):
     body = {"model": "chain", "prompt": "a b c", "max_tokens": 32, "temperature": 0.8,
             "seed": 7, "dllm": {"steps": 32, "block_length": 16}}
