@@ -36,15 +36,15 @@ def padded_batch():
     return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
 
 
-def chain_export(root, onnx_name: str = "onnx"):
-    """llada-chain's rtn calibration, its fold and their w4a4-int export under `root`:
+def chain_export(root, onnx_name: str = "onnx", model: str = "llada-chain"):
+    """`model`'s rtn calibration, its fold and their w4a4-int export under `root`:
     (calibrated, deploy, onnx) directories."""
     from faircalib_export.calibrate.config import CalibConfig
     from faircalib_export.calibrate.entry import calibrate_checkpoint
     from faircalib_export.export.onnx_export import ExportOptions, export_onnx
     from faircalib_export.fold.fold import fold_artifact
 
-    calibrated = calibrate_checkpoint("llada-chain", root / "cal", CalibConfig("rtn"),
+    calibrated = calibrate_checkpoint(model, root / "cal", CalibConfig("rtn"),
                                       samples=4, seq_len=32)
     deploy = fold_artifact(calibrated, root / "deploy")
     return calibrated, deploy, export_onnx(deploy, root / onnx_name,

@@ -62,7 +62,15 @@ def server(onnx_dir):
         yield running
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def start_server():
     """`serve(path, **options)`: a context manager running a server of its own."""
     return serve
+
+
+@pytest.fixture(scope="session")
+def dream_onnx_dir(tmp_path_factory):
+    from helpers import chain_export
+
+    return chain_export(tmp_path_factory.mktemp("serve-dream"), "dream-w4a4",
+                        model="dream-chain")[2]
