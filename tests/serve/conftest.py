@@ -14,10 +14,16 @@ pytest.importorskip("uvicorn")
 
 
 @pytest.fixture(scope="session")
-def onnx_dir(tmp_path_factory):
+def chain_artifacts(tmp_path_factory):
+    """(calibrated, folded, onnx) directories of llada-chain."""
     from helpers import chain_export
 
-    return chain_export(tmp_path_factory.mktemp("serve"), "chain-w4a4")[2]
+    return chain_export(tmp_path_factory.mktemp("serve"), "chain-w4a4")
+
+
+@pytest.fixture(scope="session")
+def onnx_dir(chain_artifacts):
+    return chain_artifacts[2]
 
 
 def free_port() -> int:

@@ -310,3 +310,16 @@ def test_client_that_goes_away_frees_its_row(onnx_dir, start_server, stream):
         assert metric(running, "decode_steps_total") == steps < 440  # nothing runs on
         ok = client(running).completions.create(model="chain", prompt="a b", max_tokens=8)
         assert ok.choices[0].finish_reason in ("stop", "length")
+
+
+def test_serving_a_pytorch_artifact(chain_artifacts, start_server):
+    """A folded model is served through PyTorch (`--device` picks its device), batch by
+    batch, with the texts of `generate`."""
+    from faircalib_export.opener import open_model
+
+    folded = open_model(chain_artifacts[1])
+    assert folded.kind == "folded"
+    with start_server(chain_artifacts[1]) as running:
+        assert not running.app.state.server.engine.continuous
+        texts = _concurrent(running, [{"prompt": p, "max_tokens": 32} for p in PROMPTS])
+    assert texts == [direct(folded, p, gen_length=32, steps=16) for p in PROMPTS]
