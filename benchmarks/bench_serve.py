@@ -7,7 +7,9 @@ clients (--clients, default 1 4 16) the clients send --requests completions in t
 (greedy, max_tokens --max-tokens, prompts of different lengths) through loopback HTTP;
 throughput is requests per second over the wall time of that phase, latency is per
 request (send to full response). Ratios are batched / sequential from this one run.
-Failed requests (non-200) are counted and should be 0.
+Failed requests (non-200) are counted and should be 0. Last, the backend's own batching
+gain is measured without a server: forwards of the largest client count's prompts in one
+call vs one per call, in this process; the server's ratio cannot beat it.
 
     python benchmarks/bench_serve.py [--requests 48] [--clients 1 4 16] [--max-tokens 32]
 """
@@ -108,6 +110,37 @@ def load(url: str, clients: int, requests: int, max_tokens: int) -> dict:
             "p99": float(np.percentile(lat, 99)), "failed": failed}
 
 
+def backend_ceiling(model: Path, rows: int, max_tokens: int, seconds: float = 3.0) -> dict:
+    """What batching can gain on this machine at all: forwards per second of the model's
+    backend for `rows` prompts in one call vs one prompt per call, in this process, for
+    the layout the server decodes (PROMPTS, left-padded, a max_tokens window)."""
+    from faircalib_export.opener import open_model
+    from faircalib_runtime.batch import left_pad
+
+    opened = open_model(model)
+    backend, config = opened.backend(), opened.policy(gen_length=max_tokens)
+    encode = opened.text_decoder(False).encode
+    prompts = [encode(PROMPTS[i % len(PROMPTS)]) for i in range(rows)]
+
+    def layout(group):
+        b = left_pad(group, config.window, pad_id=config.pad_token, mask_id=config.mask_id,
+                     padding=config.padding)
+        return b.input_ids, b.attention_mask, b.position_ids
+
+    together, alone = layout(prompts), [layout([p]) for p in prompts]
+
+    def rate(calls) -> float:  # rows per second
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            for args in calls:
+                n += len(args[0])
+                backend.forward(*args, "summary")
+        return n / (time.perf_counter() - t0)
+
+    rate([together])  # warm-up
+    return {"batched": rate([together]), "alone": rate(alone)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", help="an exported ONNX directory (default: export the "
@@ -119,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(args.model) if args.model else export_chain(Path(tmp))
+        ceiling = backend_ceiling(model, max(args.clients), args.max_tokens)
         rows: dict[tuple[int, int], dict] = {}
         for max_batch in (16, 1):
             with Running(model, max_batch) as running:
@@ -140,6 +174,11 @@ def main(argv: list[str] | None = None) -> int:
         b, s = rows[16, clients], rows[1, clients]
         print(f"  {clients:>2} clients: throughput x{b['rps'] / s['rps']:.2f}, "
               f"p50 x{b['p50'] / s['p50']:.2f}, p99 x{b['p99'] / s['p99']:.2f}")
+    top = max(args.clients)
+    print(f"backend alone (no server, this process): {top} prompts in one forward run "
+          f"{ceiling['batched']:.0f} rows/s, one prompt per forward {ceiling['alone']:.0f} "
+          f"rows/s: x{ceiling['batched'] / ceiling['alone']:.2f}, the most batching can "
+          f"gain on this machine")
     failed = sum(r["failed"] for r in rows.values())
     print(f"failed requests: {failed}")
     return 1 if failed else 0

@@ -269,7 +269,7 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     max_batch: Annotated[int, typer.Option(
-        help="Most requests decoded together as one backend batch (1: one at a time).")
+        help="Most requests decoded together in one backend call (1: one at a time).")
     ] = MAX_BATCH,
     max_tokens: Annotated[int | None, typer.Option(
         help=f"Largest max_tokens a request may ask for. Default: {DEFAULT_MAX_TOKENS}, "
@@ -284,9 +284,10 @@ def serve(
     """Serve MODEL over an OpenAI-compatible HTTP API (/v1/completions,
     /v1/chat/completions, /v1/models, /health, /metrics).
 
-    Requests waiting together with the same decoding settings are decoded as one batch;
-    an exported ONNX directory is served without torch. Needs the `serve` extra
-    (fastapi, uvicorn).
+    Greedy exact-decoding requests on an exported model are batched continuously (a
+    request joins the running batch before the next denoising step); other settings are
+    decoded a batch at a time. An exported ONNX directory is served without torch. Needs
+    the `serve` extra (fastapi, uvicorn, jinja2).
     """
     if max_batch < 1:
         raise FaircalibError(f"max-batch must be an integer >= 1, got {max_batch}")

@@ -56,10 +56,10 @@ class Running:
         self.thread.join(20)
 
 
-def serve(path, **options) -> Running:
+def serve(path, name: str = "chain", **options) -> Running:
     from faircalib_export.serve import create_app
 
-    return Running(create_app(path, name="chain", **options))
+    return Running(create_app(path, name=name, **options))
 
 
 @pytest.fixture(scope="session")

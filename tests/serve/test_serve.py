@@ -323,3 +323,27 @@ def test_serving_a_pytorch_artifact(chain_artifacts, start_server):
         assert not running.app.state.server.engine.continuous
         texts = _concurrent(running, [{"prompt": p, "max_tokens": 32} for p in PROMPTS])
     assert texts == [direct(folded, p, gen_length=32, steps=16) for p in PROMPTS]
+
+
+def test_readme_serve_examples_run(onnx_dir, start_server):
+    """README's curl and openai examples against a server named as README names it."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = text.split("### `faircalib-export serve", 1)[1].split("\n### ", 1)[0]
+    shell = re.search(r"```bash\n(.*?)```", section, re.S).group(1).replace("\\\n", " ")
+    serve_line, curl_line = shell.strip().split("\n", 1)
+    python = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert shlex.split(serve_line)[:3] == ["faircalib-export", "serve", "./chain-onnx"]
+    with start_server(onnx_dir, name="chain-onnx") as running:
+        port = f"localhost:{running.port}"
+        out = subprocess.run(shlex.split(curl_line.replace("localhost:8000", port)),
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["choices"][0]["finish_reason"] in ("stop", "length")
+        out = subprocess.run([sys.executable, "-c", python.replace("localhost:8000", port)],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert "'positions'" in out.stdout  # the streamed denoising events
