@@ -12,6 +12,8 @@ gain is measured without a server: forwards of the largest client count's prompt
 call vs one per call, in this process; the server's ratio cannot beat it.
 
     python benchmarks/bench_serve.py [--requests 48] [--clients 1 4 16] [--max-tokens 32]
+                                     [--device cpu|cuda] [--variant w4a4-int|w4a4]
+                                     [--model ONNX_DIR]
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import numpy as np
 PROMPTS = ["a b c", "hello there how are you today", "x", "1 2 3 4 5 6 7 8", "the chain"]
 
 
-def export_chain(root: Path) -> Path:
+def export_chain(root: Path, variant: str = "w4a4-int") -> Path:
     from faircalib_export.calibrate.config import CalibConfig
     from faircalib_export.calibrate.entry import calibrate_checkpoint
     from faircalib_export.export.onnx_export import ExportOptions, export_onnx
@@ -39,20 +41,21 @@ def export_chain(root: Path) -> Path:
     cal = calibrate_checkpoint("llada-chain", root / "cal", CalibConfig("rtn"), samples=4,
                                seq_len=32)
     return export_onnx(fold_artifact(cal, root / "deploy"), root / "onnx",
-                       ExportOptions(variant="w4a4-int"))
+                       ExportOptions(variant=variant))
 
 
 class Running:
     """`faircalib-export serve MODEL` in its own process (as a user runs it), so the load
     clients here never compete with the server for one interpreter."""
 
-    def __init__(self, model: Path, max_batch: int):
+    def __init__(self, model: Path, max_batch: int, device: str = "cpu"):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.argv = [sys.executable, "-m", "faircalib_export", "serve", str(model), "--port",
-                     str(self.port), "--max-batch", str(max_batch), "--name", "chain"]
+                     str(self.port), "--max-batch", str(max_batch), "--name", "chain",
+                     "--device", device]
 
     def __enter__(self):
         import httpx
@@ -110,14 +113,15 @@ def load(url: str, clients: int, requests: int, max_tokens: int) -> dict:
             "p99": float(np.percentile(lat, 99)), "failed": failed}
 
 
-def backend_ceiling(model: Path, rows: int, max_tokens: int, seconds: float = 3.0) -> dict:
+def backend_ceiling(model: Path, rows: int, max_tokens: int, device: str = "cpu",
+                    seconds: float = 3.0) -> dict:
     """What batching can gain on this machine at all: forwards per second of the model's
     backend for `rows` prompts in one call vs one prompt per call, in this process, for
     the layout the server decodes (PROMPTS, left-padded, a max_tokens window)."""
     from faircalib_export.opener import open_model
     from faircalib_runtime.batch import left_pad
 
-    opened = open_model(model)
+    opened = open_model(model, device)
     backend, config = opened.backend(), opened.policy(gen_length=max_tokens)
     encode = opened.text_decoder(False).encode
     prompts = [encode(PROMPTS[i % len(PROMPTS)]) for i in range(rows)]
@@ -148,20 +152,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=48)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--variant", default="w4a4-int",
+                        help="ONNX variant of the shipped model's export (w4a4 for CUDA)")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu, or cuda: ONNX Runtime's CUDA provider (onnxruntime-gpu)")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
-        model = Path(args.model) if args.model else export_chain(Path(tmp))
-        ceiling = backend_ceiling(model, max(args.clients), args.max_tokens)
+        model = Path(args.model) if args.model else export_chain(Path(tmp), args.variant)
+        ceiling = backend_ceiling(model, max(args.clients), args.max_tokens, args.device)
         rows: dict[tuple[int, int], dict] = {}
         for max_batch in (16, 1):
-            with Running(model, max_batch) as running:
+            with Running(model, max_batch, args.device) as running:
                 load(running.url, 1, 4, args.max_tokens)  # warm-up
                 for clients in args.clients:
                     rows[max_batch, clients] = load(running.url, clients, args.requests,
                                                     args.max_tokens)
     print(f"serve load test: {args.requests} requests per row, max_tokens {args.max_tokens}, "
-          f"greedy, llada-chain w4a4-int ONNX, loopback HTTP")
+          f"greedy, {args.model or 'llada-chain ' + args.variant} ONNX on {args.device}, "
+          f"loopback HTTP")
     print(f"{'clients':>7} {'max-batch':>9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
           f"{'failed':>6}")
     for clients in args.clients:
