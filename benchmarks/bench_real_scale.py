@@ -165,7 +165,9 @@ def pipeline(family: str, layers: int, tmp: Path, args, with_ort: bool) -> list[
               plan=f"{hp['calibrate_flatquant_gpu']:.2f} (GPU)")
         if not args.keep:
             shutil.rmtree(fq)
-    stage("fold", ["faircalib-export", "fold", str(cal), "-o", str(dep)], plan=hp["fold"])
+    stage("fold" + (f" --head-bits {args.head_bits}" if args.head_bits else ""),
+          ["faircalib-export", "fold", str(cal), "-o", str(dep),
+           *(["--head-bits", str(args.head_bits)] if args.head_bits else [])], plan=hp["fold"])
     if not args.keep:
         shutil.rmtree(cal)
     for variant in args.variants:
@@ -206,6 +208,8 @@ def main() -> None:
                     help="also run calibrate --method flatquant for one epoch")
     ap.add_argument("--ort-memory", nargs="+", default=list(ORT_MEMORY),
                     choices=list(ORT_MEMORY), help="export --ort-memory modes to run")
+    ap.add_argument("--head-bits", type=int, choices=[4, 8], default=None,
+                    help="fold the LM head to 4 or 8 bits (default: 16-bit, as fold does)")
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--data", type=Path, default=DATA)

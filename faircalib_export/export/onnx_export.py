@@ -467,6 +467,14 @@ class _Writer:
         b = self.b
         if self.head_activations == "int8":
             return self._int8_head(h)
+        if self.meta["head_bits"] == 4 and self.variant in ("w4a4", "weight-only"):
+            # int4 codes (E, V) with per-column scales, DequantizeLinear + MatMul: ONNX
+            # Runtime fuses them into MatMulNBits and keeps the head at 4 bits resident
+            # (the Cast form below is folded to an fp32 table at load)
+            codes = self._codes("lm_head", self.cfg.hidden_size, 4)  # (V, E)
+            weight = b.init("lm_head.codes_t", int_tensor("lm_head.codes_t", codes.T, 4))
+            scale = b.init("lm_head.scale", self.np("lm_head.scale").reshape(-1))
+            return b.op("MatMul", [h, b.op("DequantizeLinear", [weight, scale], axis=1)])
         head, head_scale = self.table("lm_head", self.meta["head_bits"])
         w = b.op("Cast", [head], to=TensorProto.FLOAT)
         if head_scale is not None:

@@ -137,6 +137,35 @@ def test_float_head_stays_the_default(folded, tmp_path, variant):
     assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 1e-5
 
 
+@pytest.mark.parametrize("variant", ["w4a4", "weight-only"])
+def test_4bit_head_stays_4bit_in_the_qdq_graphs(folded, tmp_path, variant):
+    """A head folded to 4 bits is DequantizeLinear(INT4 codes (E, V), per-column scales)
+    + MatMul in the Q/DQ and weight-only graphs, which ONNX Runtime fuses into MatMulNBits
+    (4-bit resident) rather than folding an fp32 table; its logits are the folded model's."""
+    out = export_onnx(folded[4], tmp_path / variant, ExportOptions(variant=variant))
+    model = onnx.load(str(out / "model.onnx"))
+    inits = {t.name: t for t in model.graph.initializer}
+    assert inits["lm_head.codes_t"].data_type == onnx.TensorProto.INT4
+    (dq,) = [n for n in model.graph.node if "lm_head.codes_t" in n.input]
+    assert dq.op_type == "DequantizeLinear" and dq.input[1] == "lm_head.scale"
+    assert [n.op_type for n in model.graph.node if dq.output[0] in n.input] == ["MatMul"]
+    if variant == "w4a4":  # (weight-only computes other numbers: 16-bit activations)
+        ids, mask, pos = padded_batch()
+        ref = load_deployed(folded[4])(ids, mask, pos).numpy()
+        got = OnnxBackend(out).forward(ids.numpy(), mask.numpy(), pos.numpy(), "logits").logits
+        assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 1e-5
+    # ONNX Runtime's optimized graph has no fp32 head table
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
+    ort.InferenceSession(str(out / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(str(tmp_path / "optimized.onnx"))
+    cfg = load_deployed(folded[4]).cfg
+    head_floats = [t for t in optimized.graph.initializer if t.data_type == onnx.TensorProto.FLOAT
+                   and sorted(t.dims) == sorted([cfg.hidden_size, cfg.vocab_size])]
+    assert not head_floats
+
+
 def _levels(out) -> list[int]:
     graph = onnx.load(str(out / "model.onnx")).graph
     nodes = [n for n in graph.node if n.op_type == "MatMulNBits"]
