@@ -77,7 +77,8 @@ class Running:
         self.process.wait(30)
 
 
-def load(url: str, clients: int, requests: int, max_tokens: int) -> dict:
+def load(url: str, clients: int, requests: int, max_tokens: int,
+         decode: str | None = None) -> dict:
     import httpx
 
     latencies: list[float] = []
@@ -94,6 +95,8 @@ def load(url: str, clients: int, requests: int, max_tokens: int) -> dict:
                 if i is None:
                     return
                 body = {"prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": max_tokens}
+                if decode is not None:
+                    body["dllm"] = {"decode": decode}
                 t0 = time.perf_counter()
                 r = http.post(url + "/v1/completions", json=body)
                 dt = time.perf_counter() - t0
@@ -152,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=48)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--decode", choices=["exact", "parallel", "cached", "fast"],
+                        help="the requests' dllm.decode (default: the model's, exact; only "
+                             "exact is batched continuously, the others a batch at a time)")
     parser.add_argument("--variant", default="w4a4-int",
                         help="ONNX variant of the shipped model's export (w4a4 for CUDA)")
     parser.add_argument("--device", default="cpu",
@@ -164,13 +170,13 @@ def main(argv: list[str] | None = None) -> int:
         rows: dict[tuple[int, int], dict] = {}
         for max_batch in (16, 1):
             with Running(model, max_batch, args.device) as running:
-                load(running.url, 1, 4, args.max_tokens)  # warm-up
+                load(running.url, 1, 4, args.max_tokens, args.decode)  # warm-up
                 for clients in args.clients:
                     rows[max_batch, clients] = load(running.url, clients, args.requests,
-                                                    args.max_tokens)
+                                                    args.max_tokens, args.decode)
     print(f"serve load test: {args.requests} requests per row, max_tokens {args.max_tokens}, "
-          f"greedy, {args.model or 'llada-chain ' + args.variant} ONNX on {args.device}, "
-          f"loopback HTTP")
+          f"greedy, decode {args.decode or 'exact'}, "
+          f"{args.model or 'llada-chain ' + args.variant} ONNX on {args.device}, loopback HTTP")
     print(f"{'clients':>7} {'max-batch':>9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
           f"{'failed':>6}")
     for clients in args.clients:
@@ -184,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {clients:>2} clients: throughput x{b['rps'] / s['rps']:.2f}, "
               f"p50 x{b['p50'] / s['p50']:.2f}, p99 x{b['p99'] / s['p99']:.2f}")
     top = max(args.clients)
-    print(f"backend alone (no server, this process): {top} prompts in one forward run "
+    print(f"backend alone (no server, this process, full forwards): {top} prompts in one "
+          f"forward run "
           f"{ceiling['batched']:.0f} rows/s, one prompt per forward {ceiling['alone']:.0f} "
           f"rows/s: x{ceiling['batched'] / ceiling['alone']:.2f}, the most batching can "
           f"gain on this machine")
