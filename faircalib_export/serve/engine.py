@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 import threading
 import time
 from collections import deque
@@ -37,6 +38,8 @@ from typing import Any
 import numpy as np
 
 from faircalib_runtime import continuous
+
+log = logging.getLogger(__name__)
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -178,6 +181,15 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
 
+def _notify(callback: Callable, *args: Any) -> None:
+    """Call a job's callback; its failure (say, a closed event loop at shutdown) is logged
+    and never stops the worker, which serves every other job."""
+    try:
+        callback(*args)
+    except Exception:
+        log.exception("a serve callback failed")
+
+
 def _bucket(bounds: Sequence[float], value: float) -> int:
     for i, bound in enumerate(bounds):
         if value <= bound:
@@ -302,7 +314,7 @@ class Engine:
             try:
                 running.jobs[running.stepper.add(job.prompt)] = job
             except ValueError as err:  # a prompt the loop refuses: this job fails alone
-                job.on_done(None, err)
+                _notify(job.on_done, None, err)
         for row, job in list(running.jobs.items()):
             if job.cancelled:
                 running.stepper.remove(row)
@@ -313,7 +325,7 @@ class Engine:
             events = running.stepper.step()
         except BaseException as err:  # every row gets the error; the worker goes on
             for job in running.jobs.values():
-                job.on_done(None, err)
+                _notify(job.on_done, None, err)
             running.jobs.clear()
             events = []
         if rows:
@@ -321,10 +333,10 @@ class Engine:
         for event in events:
             job = running.jobs[event.row]
             if job.on_step is not None and event.positions:
-                job.on_step(event.step, event.block, event.positions, event.tokens)
+                _notify(job.on_step, event.step, event.block, event.positions, event.tokens)
             if event.row.done:
                 del running.jobs[event.row]
-                job.on_done(event.row.generated, None)
+                _notify(job.on_done, event.row.generated, None)
         if not running.jobs:
             with self._cond:
                 self._running = None
@@ -342,7 +354,7 @@ class Engine:
                     continue
                 positions = np.flatnonzero(committed[row])
                 if positions.size:
-                    job.on_step(int(event.step), int(event.block), positions.tolist(),
+                    _notify(job.on_step, int(event.step), int(event.block), positions.tolist(),
                                 x[row, positions].tolist())
 
         try:
@@ -350,10 +362,10 @@ class Engine:
                                          on_step=on_step)
         except BaseException as err:  # each job gets the error; the worker goes on
             for job in batch:
-                job.on_done(None, err)
+                _notify(job.on_done, None, err)
             return
         for job, ids in zip(batch, result.generated, strict=True):
-            job.on_done([int(i) for i in ids], None)
+            _notify(job.on_done, [int(i) for i in ids], None)
 
 
 @dataclass(eq=False)

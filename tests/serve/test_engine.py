@@ -106,3 +106,20 @@ def test_per_batch_configs_still_decode(opened):
     assert rec.results["s"] == [int(t) for t in
                                 opened.generate([ids(opened, PROMPT_B)], config).generated[0]]
     assert engine.metrics.decode_steps == 16
+
+
+def test_a_failing_callback_does_not_stop_the_worker(opened):
+    config = normalize(opened.policy(gen_length=32, steps=16))
+    engine = Engine(opened, max_batch=4)
+    rec = Recorder()
+
+    def boom(*args):
+        raise RuntimeError("the client's event loop is gone")
+
+    engine.start()
+    engine.submit([Job(ids(opened, PROMPT_A), config, boom, boom),
+                   rec.job("b", ids(opened, PROMPT_B), config, 1)])
+    assert rec.finished.wait(120)
+    engine.stop()
+    assert rec.results["b"] == [int(t) for t in
+                                opened.generate([ids(opened, PROMPT_B)], config).generated[0]]
