@@ -52,6 +52,18 @@ def _store_fp4(out: dict, prefix: str, values: torch.Tensor, scale: torch.Tensor
     out[f"{prefix}.scale"] = scale.reshape(-1).float().cpu()
 
 
+TABLE_CHUNK_ROWS = 4096  # rows of an embedding / head table quantized at a time
+
+
+def _quantize_table(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row codes and scales of a (rows, hidden) table, computed in float64 a chunk of
+    rows at a time: the same numbers as one call, without float64 copies of a whole
+    126k x 4096 table (over 12 GiB of temporaries at LLaDA-8B's size)."""
+    parts = [quantize_rows(weight[i:i + TABLE_CHUNK_ROWS].double(), bits)
+             for i in range(0, weight.shape[0], TABLE_CHUNK_ROWS)]
+    return torch.cat([c for c, _ in parts]), torch.cat([s for _, s in parts])
+
+
 def fold_artifact(artifact: str | Path, out: str | Path, *, embed_bits: int = 16,
                   head_bits: int = 16, base_model: str | Path | None = None,
                   overwrite: bool = False) -> Path:
@@ -104,7 +116,7 @@ def fold_artifact(artifact: str | Path, out: str | Path, *, embed_bits: int = 16
                 weights.add(f"{name}.weight", weight)
             else:
                 table: dict[str, torch.Tensor] = {}
-                codes, scale = quantize_rows(weight.double(), bits)
+                codes, scale = _quantize_table(weight, bits)
                 _store_codes(table, name, codes, scale, bits)
                 for key, value in table.items():
                     weights.add(key, value)

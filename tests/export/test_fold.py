@@ -65,6 +65,22 @@ def test_quantized_tables_are_smaller_and_close(calibrated, tmp_path):
     assert ((a - b).norm() / a.norm()) < 0.5  # changed, but the same model
 
 
+def test_tables_quantize_a_chunk_of_rows_at_a_time(calibrated, tmp_path, monkeypatch):
+    """Chunked table quantization (fold's memory bound at real vocabularies) gives the
+    one-call numbers, tensor for tensor."""
+    from faircalib_export.fold import fold as fold_module
+    from faircalib_export.fold.deployed import read_deploy
+
+    _, art = calibrated
+    whole = fold_artifact(art, tmp_path / "whole", embed_bits=8, head_bits=4)
+    monkeypatch.setattr(fold_module, "TABLE_CHUNK_ROWS", 7)  # no vocabulary is a multiple
+    chunked = fold_artifact(art, tmp_path / "chunked", embed_bits=8, head_bits=4)
+    a, b = dict(read_deploy(whole)[1]), dict(read_deploy(chunked)[1])
+    assert a.keys() == b.keys() and {"embed.scale", "lm_head.scale"} <= a.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
 def test_fold_bad_input(tmp_path, calibrated):
     _, art = calibrated
     with pytest.raises(ConfigError, match="not a calibrated artifact"):
