@@ -28,7 +28,9 @@ from .errors import ConfigError
 
 MANIFEST = "manifest.json"
 DEPLOY_JSON = "deploy.json"  # folded models
-TENSORRT_VARIANT = "tensorrt-plugins"
+TENSORRT_VARIANT = "tensorrt-plugins"  # int W4A4: the plugin graph (trt/plugin_graph.py)
+TENSORRT_FP4_VARIANT = "tensorrt-nvfp4"  # nvfp4: TensorRT's native FP4 ops (trt/native_fp4.py)
+TENSORRT_VARIANTS = (TENSORRT_VARIANT, TENSORRT_FP4_VARIANT)
 BUILD_JSON = "build.json"  # a build directory's record of its stages
 
 # Artifact kinds, in the order they are recognized (exported before folded before
@@ -60,7 +62,7 @@ def detect_kind(path: str | Path) -> str | None:
         return None
     if (path / RUNTIME_JSON).is_file():
         variant = read_json(path / RUNTIME_JSON).get("variant")
-        return "tensorrt" if variant == TENSORRT_VARIANT else "onnx"
+        return "tensorrt" if variant in TENSORRT_VARIANTS else "onnx"
     if (path / DEPLOY_JSON).is_file():
         return "folded"
     if (path / MANIFEST).is_file() and read_json(path / MANIFEST).get("kind") == "calibrated":

@@ -5,17 +5,22 @@
     OUT/deploy       folded model (int4, or FP4 codes with block scales)
     OUT/onnx         W4A4 ONNX graph for ONNX Runtime (always; `w4a4-int` on CPU, and
                      `w4a4-fp4-emu` for an FP4 format)
-    OUT/tensorrt     plugin graph + engine (when tensorrt and the plugin library exist;
-                     int format only, see below)
+    OUT/tensorrt     TensorRT graph + engine: the plugin graph for int, TensorRT's
+                     native NVFP4 graph for nvfp4 on an FP4 target (the engine when
+                     TensorRT, and the plugin library or a Blackwell GPU, are here)
     OUT/validation   report.json / report.md (exported ONNX vs calibrated PyTorch)
     OUT/quality.json the quantized model against the FP one: held-out accuracy of both
                      (models with a task) and teacher-forced KL, top-1 agreement, flips
     OUT/build.json   the settings and outcome of every stage
 
 The format (int, nvfp4, mxfp4) is the target's default format unless given: Blackwell
-targets (rtx5090, ...) calibrate in nvfp4. TensorRT's native FP4 graph is not written yet,
-so an FP4 build skips the TensorRT stage and says so, rather than hand the int4 plugins
-FP4 codes; its ONNX stage and validation run as for int.
+targets (rtx5090, ...) calibrate in nvfp4, with the activation clips kept at 1
+(`CalibConfig.act_clips`), which TensorRT's native NVFP4 graph needs. An nvfp4 build on
+such a target writes that graph (trt/native_fp4.py) and builds its engine only where
+TensorRT and a Blackwell GPU are; elsewhere the stage says why there is no engine. A
+format TensorRT does not run on the target (mxfp4 anywhere, nvfp4 on a GPU without FP4
+tensor cores) skips the TensorRT stage with the reason. The ONNX stage and validation run
+as for int (FP4: the w4a4-fp4-emu graph, which ONNX Runtime runs).
 
 Each stage writes its directory atomically; a re-run skips a stage whose directory is
 complete and whose recorded settings are unchanged (and redoes the stages after one
@@ -135,6 +140,7 @@ def _run_build(model_path: Path, target: str, out: Path, settings: BuildSettings
     from .export.onnx_export import ExportOptions, export_onnx
     from .fold.fold import fold_artifact
     from .models.loading import read_config
+    from .quant.formats import QuantFormat
     from .trt.targets import load_target
 
     target_profile = load_target(target)
@@ -174,8 +180,10 @@ def _run_build(model_path: Path, target: str, out: Path, settings: BuildSettings
                                     samples=settings.probe_samples, seed=settings.seed,
                                     device=settings.device).prior.weights.shape[0])
               + " window positions")
+    native_fp4 = QuantFormat(fmt).is_fp4 and fmt in target_profile.formats
     cfg = CalibConfig(method=settings.method, epochs=settings.epochs, seed=settings.seed,
-                      device=settings.device, format=fmt).resolved(hidden)
+                      device=settings.device, format=fmt,
+                      act_clips=not native_fp4).resolved(hidden)
     calib_settings = {"calib": cfg.to_dict(), "data": settings.data,
                       "samples": settings.samples, "seq_len": settings.seq_len}
     stage("calibrate", out / "calibrated", calib_settings,
@@ -189,28 +197,30 @@ def _run_build(model_path: Path, target: str, out: Path, settings: BuildSettings
           lambda: variant + " " + str(export_onnx(out / "deploy", out / "onnx",
                                                   ExportOptions(variant=variant))))
 
-    if settings.tensorrt and cfg.spec().format.is_fp4:
-        # the int4 plugins would misread FP4 codes; the native FP4 graph is future work
-        where = ("" if target_profile.fp4 else
-                 f"; {target_profile.name} has no FP4 tensor cores either")
+    if settings.tensorrt and cfg.spec().format.is_fp4 and not native_fp4:
+        why = (f"{target_profile.name} has no FP4 tensor cores" if not target_profile.fp4
+               else "TensorRT's dynamic FP4 quantization is nvfp4 only")
         results.append(StageResult(
             "tensorrt", "skipped", 0.0,
-            f"{fmt}: no TensorRT graph for FP4 yet (TensorRT's native FP4 path is not "
-            f"written; the int4 plugins take int only){where}. Use {out / 'onnx'}, or "
-            f"--format int for the plugin engine"))
+            f"{fmt}: no TensorRT graph ({why}; the int4 plugins take int only). Use "
+            f"{out / 'onnx'}, or --format int for the plugin engine"))
     elif settings.tensorrt:
         from .trt.errors import PluginLibraryError, TensorRTUnavailableError
         from .trt.export import export_tensorrt
 
         start = time.time()
+        graph = "native NVFP4 graph" if native_fp4 else "plugin graph"
         try:
             export_tensorrt(out / "deploy", out / "tensorrt", target_profile)
-            results.append(StageResult("tensorrt", "done", time.time() - start))
+            results.append(StageResult("tensorrt", "done", time.time() - start, graph))
         except (TensorRTUnavailableError, PluginLibraryError) as err:  # no TensorRT here:
-            # ship the plugin graph, for an engine built on the GPU machine
+            # ship the graph, for an engine built on the GPU machine
             export_tensorrt(out / "deploy", out / "tensorrt", target_profile, engine=False)
+            needs = (" (the NVFP4 engine needs TensorRT 10.8+ on a Blackwell GPU)"
+                     if native_fp4 else "")
             results.append(StageResult("tensorrt", "graph only", time.time() - start,
-                                       "no engine: " + str(err).split(";")[0]))
+                                       f"{graph}, no engine: " + str(err).split(";")[0]
+                                       + needs))
         except FaircalibError as err:  # the engine build itself failed
             results.append(StageResult("tensorrt", "failed", time.time() - start,
                                        str(err).split(";")[0]))

@@ -137,6 +137,12 @@ def calibrate(
         "--format", help="int (integer grid, per channel / token), nvfp4 (E2M1, E4M3 scale "
                          "per 16, FP32 tensor scale) or mxfp4 (E2M1, E8M0 scale per 32); "
                          "the FP4 formats are W4A4.")] = CalibConfig.format.value,
+    act_clips: Annotated[bool, typer.Option(
+        "--act-clips/--no-act-clips",
+        help="Learn the activation clips (methods that learn clips). --no-act-clips keeps "
+             "them at 1, as TensorRT's native NVFP4 graph needs (its dynamic quantization "
+             "maps each block's amax to 6); build does so for FP4 targets.")
+    ] = CalibConfig.act_clips,
     seed: int = 0,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     overwrite: OverwriteOpt = False,
@@ -152,7 +158,7 @@ def calibrate(
     path = resolve_model(model)
     _, mcfg = read_config(path)
     cfg = CalibConfig(method=method, w_bits=w_bits, a_bits=a_bits, format=quant_format,
-                      epochs=epochs,
+                      epochs=epochs, act_clips=act_clips,
                       batch_size=batch_size, lr=lr, seed=seed, device=device
                       ).resolved(mcfg.hidden_size)
     epochs = cfg.epochs
@@ -333,16 +339,18 @@ def export(
              "Default: fast.")
     ] = None,
     engine: Annotated[bool, typer.Option(
-        help="--format tensorrt: build the engine (needs tensorrt, the plugin library and a "
-             "GPU; nothing is written where they are missing). --no-engine writes the plugin "
-             "graph alone, to build the engine on the GPU machine.")] = True,
+        help="--format tensorrt: build the engine (needs tensorrt and a GPU, plus the "
+             "plugin library for int models or a Blackwell GPU for nvfp4; nothing is written "
+             "where they are missing). --no-engine writes the graph alone, to build the "
+             "engine on the GPU machine.")] = True,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Export a folded model for ONNX Runtime or TensorRT.
 
     --format onnx writes an ONNX graph for ONNX Runtime; --format tensorrt writes a graph
-    whose quantized matmuls are W4A4 plugin nodes and, where tensorrt and the plugin
-    library are available, an engine for the target GPU.
+    whose quantized matmuls are W4A4 plugin nodes (int models) or TensorRT's native NVFP4
+    ops (nvfp4 models calibrated with --no-act-clips) and, where TensorRT (and for int
+    the plugin library) is available, an engine for the target GPU.
     """
     if format == "tensorrt":
         from .trt.export import export_tensorrt
@@ -460,8 +468,9 @@ def build(
              "w4a4-fp4-emu), w4a4, w4a4-int, w4a4-fp4 or w4a4-fp4-emu.")] = "auto",
     format: Annotated[str | None, typer.Option(
         "--format", help="Quantization format: int, nvfp4 or mxfp4 (default: the target's; "
-                         "nvfp4 on Blackwell targets such as rtx5090). TensorRT's FP4 graph "
-                         "is not written yet: an FP4 build skips the TensorRT stage.")] = None,
+                         "nvfp4 on Blackwell targets such as rtx5090, calibrated with the "
+                         "activation clips at 1 for TensorRT's native NVFP4 graph; mxfp4 "
+                         "has no TensorRT graph).")] = None,
     tensorrt: Annotated[bool, typer.Option(help="Also build the TensorRT engine.")] = True,
     validate_prompts: Annotated[int, typer.Option(help="Prompts used by validation.")] = 32,
     quality_problems: Annotated[int, typer.Option(

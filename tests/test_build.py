@@ -80,11 +80,17 @@ def test_build_reports_quality_against_full_precision(tmp_path, capsys):
     assert "teacher-forced KL(FP || W4A4)" in text and "validation passed" in text
 
 
-def test_build_for_blackwell_defaults_to_nvfp4(llada_dir, tmp_path, capsys, shared_data):
-    """--target rtx5090 calibrates in the target's default format (nvfp4), exports the FP4
-    graph ONNX Runtime runs, validates it, and skips the TensorRT stage with the reason
-    instead of handing FP4 codes to the int4 plugins. (Mutants: build ignoring the target's
-    format; the plugin export run on the FP4 fold.)"""
+def test_build_for_blackwell_defaults_to_nvfp4(llada_dir, tmp_path, capsys, shared_data,
+                                              monkeypatch):
+    """--target rtx5090 calibrates in the target's default format (nvfp4) with the
+    activation clips frozen, exports the FP4 graph ONNX Runtime runs, validates it, and
+    writes TensorRT's native NVFP4 graph, skipping only the engine (no TensorRT here) with
+    the reason. (Mutants: build ignoring the target's format or not freezing the clips;
+    the plugin graph written for the FP4 fold; the TensorRT stage skipped.)"""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # as on a machine without TensorRT
+
     def build(out, *extra):
         with pytest.raises(SystemExit) as exc:
             main(["build", str(llada_dir), "--target", "rtx5090", "-o", str(out), "--method",
@@ -98,12 +104,16 @@ def test_build_for_blackwell_defaults_to_nvfp4(llada_dir, tmp_path, capsys, shar
     assert code in (0, None), text
     record = json.loads((tmp_path / "fp4" / "build.json").read_text())
     assert record["format"] == "nvfp4" and record["validation_passed"] is True
-    assert record["stages"]["calibrate"]["settings"]["calib"]["format"] == "nvfp4"
+    calib = record["stages"]["calibrate"]["settings"]["calib"]
+    assert calib["format"] == "nvfp4" and calib["act_clips"] is False
     assert record["stages"]["onnx"]["settings"] == {"variant": "w4a4-fp4-emu"}
     deploy = json.loads((tmp_path / "fp4" / "deploy" / "deploy.json").read_text())
     assert deploy["quant_format"] == "nvfp4"
-    assert not (tmp_path / "fp4" / "tensorrt").exists()
-    assert "no TensorRT graph for FP4 yet" in " ".join(text.split())
+    runtime = json.loads((tmp_path / "fp4" / "tensorrt" / "runtime.json").read_text())
+    assert runtime["variant"] == "tensorrt-nvfp4" and runtime["engine"] is None
+    flat = " ".join(text.replace("│", " ").split())  # the table's wrapped cells, joined
+    assert "graph only" in flat and "native NVFP4 graph, no engine" in flat, text
+    assert "needs TensorRT 10.8+ on a Blackwell GPU" in flat
     assert "validation passed" in text
 
     # an explicit format wins over the target's; a variant of the other format is refused

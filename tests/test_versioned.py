@@ -10,6 +10,7 @@ from faircalib_export.quant.spec import QuantSpec
 
 
 @pytest.mark.parametrize("config", [CalibConfig("flatquant", w_bits=3, epochs=2),
+                                    CalibConfig("flatquant", format="nvfp4", act_clips=False),
                                     QuantSpec(a_bits=8, transform="hadamard")])
 def test_round_trip_and_refusals(config):
     cls = type(config)
@@ -37,3 +38,17 @@ def test_unset_epochs_take_the_model_recipe():
     assert CalibConfig().resolved(64).epochs == recipe_for(64).epochs
     assert CalibConfig().resolved(4096).epochs == recipe_for(4096).epochs == 15
     assert CalibConfig(epochs=3).resolved(4096).epochs == 3
+
+
+def test_frozen_activation_clips():
+    """`act_clips=False` keeps a learning method's activation clips at 1 (and its weight
+    clips learnable); configs written before the field read back with the clips learned.
+    (Mutants: the field ignored by `spec()`; a missing field read as False.)"""
+    assert CalibConfig("flatquant").spec().learn_a_clip is True
+    frozen = CalibConfig("flatquant", act_clips=False).spec()
+    assert frozen.learn_a_clip is False and frozen.learn_w_clip is True
+    old = CalibConfig("flatquant").to_dict()
+    del old["act_clips"]
+    assert CalibConfig.from_dict(old).act_clips is True
+    with pytest.raises(ConfigError, match="act_clips"):
+        CalibConfig(act_clips="no")

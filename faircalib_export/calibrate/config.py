@@ -69,6 +69,11 @@ class CalibConfig(Versioned):
     device: str = "cpu"
     cache_dtype: str = "fp32"
     format: str = QuantSpec.format  # int | nvfp4 | mxfp4 (quant/formats.py)
+    # False: the activation clips stay at 1 whatever the method (weights keep theirs).
+    # TensorRT's dynamic NVFP4 quantization always maps a block's amax to 6, so only a
+    # fold with unit activation clips takes its native graph (trt/native_fp4.py). Configs
+    # written before the field read back as True, which is what they calibrated.
+    act_clips: bool = True
 
     def __post_init__(self) -> None:
         from ..quant.spec import check_bits
@@ -76,6 +81,8 @@ class CalibConfig(Versioned):
         get_method(self.method)  # validates the name
         check_bits(self.w_bits, "weight")  # 16-bit weights have nothing to calibrate or fold
         object.__setattr__(self, "format", self.spec().format)  # validates bits and format
+        if not isinstance(self.act_clips, bool):
+            raise ConfigError(f"act_clips must be true or false, got {self.act_clips!r}")
         if self.epochs is not None:
             _check_count("epochs", self.epochs, minimum=0)
         _check_count("batch_size", self.batch_size)
@@ -91,7 +98,8 @@ class CalibConfig(Versioned):
 
     def spec(self) -> QuantSpec:
         """The numerics this config calibrates (its method's transform, bits, format)."""
-        return get_method(self.method).spec(self.w_bits, self.a_bits, self.format)
+        return get_method(self.method).spec(self.w_bits, self.a_bits, self.format,
+                                            act_clips=self.act_clips)
 
     def resolved(self, hidden_size: int) -> CalibConfig:
         """This config with unset fields taken from the recipe for a model of this width."""

@@ -32,13 +32,16 @@ class Method:
     weighted: bool  # uses the Stage I prior
     qdrop: bool
 
-    def spec(self, w_bits: int, a_bits: int, format: str = QuantSpec.format) -> QuantSpec:
+    def spec(self, w_bits: int, a_bits: int, format: str = QuantSpec.format, *,
+             act_clips: bool = True) -> QuantSpec:
+        """The numerics of this method; `act_clips=False` keeps the activation clips at 1
+        even where the method learns clips."""
         if self.gptq and check_format(format, w_bits, a_bits).is_fp4:
             raise ConfigError(f"method {self.name} quantizes its weights with GPTQ, which "
                               f"has integer grids only; {format} is not supported with it")
         return QuantSpec(w_bits=w_bits, a_bits=a_bits, transform=self.transform,
                          smooth=self.smooth, learn_w_clip=self.learn_clips,
-                         learn_a_clip=self.learn_clips, format=format)
+                         learn_a_clip=self.learn_clips and act_clips, format=format)
 
 
 METHODS = {m.name: m for m in (

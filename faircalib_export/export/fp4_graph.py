@@ -111,13 +111,22 @@ def weight(b: GraphBuilder, prefix: str, values: np.ndarray, block_codes: np.nda
     if emulate:
         w = dequantized_weight(values, block_codes, scale, fmt)
         return b.init(f"{prefix}.weight_t", np.ascontiguousarray(w.T))
+    w = block_weight(b, prefix, values, block_codes, fmt)
+    return b.op("Mul", [w, b.init(f"{prefix}.scale", scale.astype(np.float32))])
+
+
+def block_weight(b: GraphBuilder, prefix: str, values: np.ndarray, block_codes: np.ndarray,
+                 fmt: QuantFormat, unit: str | None = None) -> str:
+    """(in, out) e2m1 · block scale, without the row scale: a FLOAT4E2M1 initializer and
+    its blocked DequantizeLinear (axis 0), the block scales read by a DequantizeLinear of
+    their own (NVFP4: FLOAT8E4M3FN with the unit scale `unit`, default a shared 1.0:
+    TensorRT's "double DQ")."""
     codes = b.init(f"{prefix}.fp4_t", fp4_tensor(f"{prefix}.fp4_t", values.T))  # (in, out)
     if fmt is QuantFormat.NVFP4:
         stored = b.init(f"{prefix}.block_scale_t", e4m3_tensor(f"{prefix}.block_scale_t",
                                                               block_codes.T))
-        block = b.op("DequantizeLinear", [stored, b.const(1.0)])  # exact E4M3 -> float32
+        block = b.op("DequantizeLinear", [stored, unit or b.const(1.0)])  # exact E4M3 -> fp32
     else:
         block = b.init(f"{prefix}.block_scale_t",
                        np.ascontiguousarray(decode_block_scales(fmt, block_codes).T))
-    w = b.op("DequantizeLinear", [codes, block], axis=0, block_size=fmt.block_size)
-    return b.op("Mul", [w, b.init(f"{prefix}.scale", scale.astype(np.float32))])
+    return b.op("DequantizeLinear", [codes, block], axis=0, block_size=fmt.block_size)

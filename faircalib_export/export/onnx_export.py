@@ -238,14 +238,7 @@ class _Writer:
 
     def site(self, i: int, site: str, x: str) -> str:
         b = self.b
-        p1 = self.t.get(f"blocks.{i}.{site}.p1")
-        if p1 is not None:
-            p2 = self.np(f"blocks.{i}.{site}.p2")
-            n1, n2 = p1.shape[0], p2.shape[0]
-            xs = b.op("Reshape", [x, b.const([0, 0, n1, n2], np.int64)])  # (B, S, n1, n2)
-            xs = b.op("MatMul", [b.init(f"blocks.{i}.{site}.p1", p1.numpy()), xs])
-            xs = b.op("MatMul", [xs, b.init(f"blocks.{i}.{site}.p2_t", p2.T.copy())])
-            x = b.op("Reshape", [xs, b.const([0, 0, n1 * n2], np.int64)])
+        x = self.transform(i, site, x)
         if self.variant == "weight-only" or self.a_bits == NO_QUANT_BITS:
             return x
         if self.format.is_fp4:
@@ -259,6 +252,19 @@ class _Writer:
             q = b.op("QuantizeLinear", [b.op("Div", [x, scale]), b.const(1.0), zp])
             return b.op("Mul", [b.op("DequantizeLinear", [q, b.const(1.0), zp]), scale])
         return self._uint8_codes(x, scale, self.a_bits)
+
+    def transform(self, i: int, site: str, x: str) -> str:
+        """x (B, S, n) through the site's online transform P1 · X · P2^T (none: x)."""
+        b = self.b
+        p1 = self.t.get(f"blocks.{i}.{site}.p1")
+        if p1 is not None:
+            p2 = self.np(f"blocks.{i}.{site}.p2")
+            n1, n2 = p1.shape[0], p2.shape[0]
+            xs = b.op("Reshape", [x, b.const([0, 0, n1, n2], np.int64)])  # (B, S, n1, n2)
+            xs = b.op("MatMul", [b.init(f"blocks.{i}.{site}.p1", p1.numpy()), xs])
+            xs = b.op("MatMul", [xs, b.init(f"blocks.{i}.{site}.p2_t", p2.T.copy())])
+            x = b.op("Reshape", [xs, b.const([0, 0, n1 * n2], np.int64)])
+        return x
 
     def _token_scale(self, x: str, bits: int, clip: float | None) -> str:
         """Per-token scale (B, S, 1) of x; same op order as the PyTorch reference:

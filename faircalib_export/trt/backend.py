@@ -19,30 +19,30 @@ from pathlib import Path
 import numpy as np
 
 from .errors import TensorRTError, TensorRTUnavailableError
-from .export import ENGINE_FILE, VARIANT, find_plugin_library, import_tensorrt, load_plugins
+from .export import (
+    ENGINE_FILE,
+    VARIANT,
+    find_plugin_library,
+    import_tensorrt,
+    load_plugins,
+    read_export_config,
+)
 
 
 def read_engine_config(directory: str | Path) -> dict:
-    from faircalib_runtime.onnx import ExportError, read_runtime_config
-
     directory = Path(directory)
-    try:
-        config = read_runtime_config(directory)
-    except ExportError as err:
-        raise TensorRTError(str(err)) from err
-    if config.get("variant") != VARIANT:
-        raise TensorRTError(f"{directory} holds a {config.get('variant')!r} export, not a "
-                            f"TensorRT engine; export with --format tensorrt")
+    config = read_export_config(directory, TensorRTError)
     engine = (config.get("engine") or {}).get("file")
     if not engine or not (directory / engine).is_file():
-        raise TensorRTError(f"{directory} has the plugin graph but no engine; build it with "
+        raise TensorRTError(f"{directory} has the TensorRT graph but no engine; build it with "
                             f"faircalib_export.trt.export.build_engine on a machine with "
                             f"TensorRT and a GPU")
     return config
 
 
 class TensorRTBackend:
-    """Runtime backend over a TensorRT engine with the faircalib W4A4 plugins.
+    """Runtime backend over a TensorRT engine: the W4A4 plugin graph's (int) or the native
+    NVFP4 graph's.
 
     Uncached only: an engine whose graph has the KV-cache input is fed an empty past.
     """
@@ -61,7 +61,8 @@ class TensorRTBackend:
             raise TensorRTUnavailableError("no CUDA device is visible")
         self.cuda.set_device(device)
         self._logger = trt.Logger(trt.Logger.WARNING)
-        load_plugins(trt, find_plugin_library(plugin_library))
+        if self.config["variant"] == VARIANT:  # the native FP4 graph has no plugins
+            load_plugins(trt, find_plugin_library(plugin_library))
         runtime = trt.Runtime(self._logger)
         data = (self.directory / self.config["engine"].get("file", ENGINE_FILE)).read_bytes()
         self.engine = runtime.deserialize_cuda_engine(data)

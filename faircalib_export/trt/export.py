@@ -1,9 +1,16 @@
-"""`export --format tensorrt`: the plugin-node ONNX graph, then a TensorRT engine.
+"""`export --format tensorrt`: the TensorRT ONNX graph, then a TensorRT engine.
+
+The graph follows the fold's format: int folds take the plugin graph (variant
+"tensorrt-plugins", trt/plugin_graph.py), nvfp4 folds TensorRT's native FP4 graph (variant
+"tensorrt-nvfp4", trt/native_fp4.py: TRT_FP4DynamicQuantize and FLOAT4E2M1 double-DQ
+weights, no plugin; refused for learned activation clips); mxfp4 has no TensorRT graph.
 
     OUT/
-      model.onnx (+ model.onnx.data)  the W4A4 graph with FaircalibW4A4* plugin nodes
-      runtime.json                    as for the ONNX export, variant "tensorrt-plugins",
-                                      plus "target", "plugins" and "engine" (null until built)
+      model.onnx (+ model.onnx.data)  the W4A4 graph: FaircalibW4A4* plugin nodes, or
+                                      TensorRT's FP4 ops
+      runtime.json                    as for the ONNX export, variant "tensorrt-plugins" or
+                                      "tensorrt-nvfp4", plus "target", "plugins" (null for
+                                      the native graph) and "engine" (null until built)
       model.engine                    serialized engine (when TensorRT is importable)
       engine.json                     what built it: TensorRT version, device, target,
                                       optimization profile, plugin library hash, timings
@@ -11,9 +18,12 @@
       tokenizer files, manifest.json
 
 The graph and runtime.json are written atomically first, so a machine without TensorRT
-still produces a complete plugin graph (and a typed `TensorRTUnavailableError` saying what
-is missing). `build_engine(OUT, ...)` builds the engine later from that directory on a
-machine that has TensorRT, a GPU and the plugin library (runtimes/tensorrt).
+still produces a complete graph (and a typed `TensorRTUnavailableError` saying what is
+missing). `build_engine(OUT, ...)` builds the engine later from that directory on a
+machine that has TensorRT and a GPU, plus the plugin library (runtimes/tensorrt) for the
+plugin graph or a Blackwell GPU (compute capability >= 10.0) for the native FP4 graph.
+The native graph's engine build (a strongly typed network) and `TensorRTBackend` on its
+engine have not been run on a Blackwell GPU yet.
 
 Engines are specific to the GPU architecture they are built on; engine.json records the
 device next to the target and warns when they differ. The builder runs the non-plugin
@@ -29,12 +39,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..artifacts import TENSORRT_VARIANT, file_sha256, package_versions
+from ..artifacts import (
+    TENSORRT_FP4_VARIANT,
+    TENSORRT_VARIANT,
+    file_sha256,
+    package_versions,
+    read_json,
+)
 from ..errors import ConfigError
 from .errors import EngineBuildError, PluginLibraryError, TensorRTError, TensorRTUnavailableError
 from .targets import Target, load_target
 
 VARIANT = TENSORRT_VARIANT
+NATIVE_FP4_VARIANT = TENSORRT_FP4_VARIANT
 ENGINE_FILE = "model.engine"
 ENGINE_JSON = "engine.json"
 BUILD_LOG = "build.log"
@@ -149,6 +166,37 @@ def write_plugin_onnx(deploy_dir: str | Path, out_dir: str | Path, target: str |
                             extra=extra, overwrite=overwrite)
 
 
+def write_native_fp4_onnx(deploy_dir: str | Path, out_dir: str | Path, target: str | Target,
+                          *, head_precision: str = "fp32", external_data: bool | None = None,
+                          overwrite: bool = False) -> Path:
+    """Write OUT/model.onnx (TensorRT's native NVFP4 ops), runtime.json, tokenizer and
+    manifest; refuses a fold the native graph cannot reproduce (`check_native_fp4`)."""
+    from ..export.graph import FP4_IR_VERSION, FP4_OPSET, GraphBuilder
+    from ..export.onnx_export import write_export_dir
+    from ..fold.deployed import read_deploy
+    from .native_fp4 import DOUBLE_QUANT_SCALE, DYNAMIC_QUANTIZE_OP, TRT_DOMAIN, NativeFP4Writer
+
+    target = load_target(target)
+    deploy_dir = Path(deploy_dir)
+    meta, tensors = read_deploy(deploy_dir)
+    builder = GraphBuilder(f"faircalib-{meta['family']}-{NATIVE_FP4_VARIANT}")
+    writer = NativeFP4Writer(builder, meta, tensors, head_precision)
+    writer.build()
+    extra = {
+        "plugins": None, "quant_format": writer.format.value,
+        "fp4": {"domain": TRT_DOMAIN, "op": DYNAMIC_QUANTIZE_OP,
+                "block_size": writer.format.block_size,
+                "double_quant_scale": DOUBLE_QUANT_SCALE,
+                "token_scale": "max|x_row| / 2688, divided out before the op and "
+                               "multiplied into the GEMM output"},
+        "target": target.to_dict(), "engine": None, "head_precision": head_precision,
+    }
+    model = builder.model({TRT_DOMAIN: 1}, opset=FP4_OPSET, ir_version=FP4_IR_VERSION)
+    return write_export_dir(model, deploy_dir, meta, out_dir, variant=NATIVE_FP4_VARIANT,
+                            external_data=external_data, kind="tensorrt", extra=extra,
+                            overwrite=overwrite)
+
+
 def _write_atomic(path: Path, data: bytes | str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_bytes(data) if isinstance(data, bytes) else tmp.write_text(data)
@@ -196,31 +244,30 @@ def build_engine(export_dir: str | Path, target: str | Target | None = None, *,
                  max_seq: int | None = None,
                  workspace_gib: float = DEFAULT_WORKSPACE_GIB) -> Path:
     """Build OUT/model.engine from OUT/model.onnx; returns the engine path."""
-    from faircalib_runtime.onnx import ExportError, read_runtime_config
-
     export_dir = Path(export_dir)
-    try:
-        config = read_runtime_config(export_dir)
-    except ExportError as err:
-        raise ConfigError(str(err)) from err
-    if config.get("variant") != VARIANT:
-        raise ConfigError(f"{export_dir} is a {config.get('variant')!r} export, not a "
-                          f"TensorRT plugin graph; export it with --format tensorrt")
+    config = read_export_config(export_dir)
+    native = config["variant"] == NATIVE_FP4_VARIANT
     target = load_target(target or config["target"]["name"])
     max_batch = max_batch or target.max_batch
     max_seq = max_seq or target.max_seq
     if max_batch <= 0 or max_seq <= 0:
         raise ConfigError("max_batch and max_seq must be positive")
     trt = import_tensorrt()
-    library = find_plugin_library(plugin_library)
+    library = None if native else find_plugin_library(plugin_library)
+    if native:
+        check_fp4_device()
 
     lines: list[str] = []
     logger = _collecting_logger(trt, lines)
     log_file = export_dir / BUILD_LOG
     try:
-        load_plugins(trt, library)
+        if library is not None:
+            load_plugins(trt, library)
         builder = trt.Builder(logger)
-        network = builder.create_network(0)
+        # the native graph's types are explicit (FP4 / FP8 Q/DQ): a strongly typed network,
+        # as NVIDIA's FP4 ONNX flows build (not confirmed as a requirement; untested here)
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if native else 0
+        network = builder.create_network(flags)
         parser = trt.OnnxParser(network, logger)
         if not parser.parse_from_file(str(export_dir / config["model_file"])):
             errors = "; ".join(str(parser.get_error(i)) for i in range(min(parser.num_errors, 3)))
@@ -228,7 +275,7 @@ def build_engine(export_dir: str | Path, target: str | Target | None = None, *,
                                    f"{errors} (full log: {log_file})")
         bconfig = builder.create_builder_config()
         bconfig.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * 2**30))
-        if hasattr(trt.BuilderFlag, "TF32"):
+        if hasattr(trt.BuilderFlag, "TF32") and not native:  # strongly typed: no flags
             bconfig.clear_flag(trt.BuilderFlag.TF32)
         profile = builder.create_optimization_profile()
         shapes = _profile(config, max_batch, max_seq)
@@ -257,13 +304,44 @@ def build_engine(export_dir: str | Path, target: str | Target | None = None, *,
         "device": device, "target": target.to_dict(), "warnings": warnings,
         "profile": {name: dict(zip(("min", "opt", "max"), map(list, dims), strict=True))
                     for name, dims in shapes.items()},
-        "workspace_gib": workspace_gib, "tf32": False, "build_seconds": round(seconds, 1),
-        "plugin_library": {"path": str(library), "sha256": file_sha256(library)},
+        "workspace_gib": workspace_gib, "tf32": None if native else False,
+        "build_seconds": round(seconds, 1),
+        "plugin_library": None if library is None else {"path": str(library),
+                                                        "sha256": file_sha256(library)},
         "onnx_sha256": config["model_sha256"],
     }
     _write_atomic(export_dir / ENGINE_JSON, json.dumps(metadata, indent=1) + "\n")
     record_engine(export_dir, config, max_batch=max_batch, max_seq=max_seq)
     return engine
+
+
+def read_export_config(export_dir: Path, error: type[Exception] = ConfigError) -> dict:
+    """runtime.json of a TensorRT export (either graph); `error` for anything else."""
+    from faircalib_runtime.onnx import ExportError, read_runtime_config
+
+    try:
+        config = read_runtime_config(export_dir)
+    except ExportError as err:
+        raise error(str(err)) from err
+    if config.get("variant") not in (VARIANT, NATIVE_FP4_VARIANT):
+        raise error(f"{export_dir} is a {config.get('variant')!r} export, not a TensorRT "
+                    f"graph; export it with --format tensorrt")
+    return config
+
+
+def check_fp4_device() -> None:
+    """The native FP4 engine needs FP4 tensor cores: a typed error naming what is here."""
+    from .targets import FP4_MIN_MAJOR
+
+    device = _device_summary()
+    capability = device.get("compute_capability")
+    if capability is None or int(capability.split(".")[0]) < FP4_MIN_MAJOR:
+        here = (f"this GPU is compute capability {capability}" if capability else
+                f"no CUDA device here ({device.get('error')})")
+        raise TensorRTUnavailableError(
+            f"the native NVFP4 engine needs a Blackwell GPU (compute capability >= "
+            f"{FP4_MIN_MAJOR}.0, TensorRT 10.8+) and {here}; build it there with "
+            f"`build_engine` from this directory")
 
 
 def record_engine(export_dir: str | Path, config: dict | None = None, *, max_batch: int,
@@ -302,25 +380,36 @@ def export_tensorrt(deploy_dir: str | Path, out_dir: str | Path, target: str | T
                     workspace_gib: float = DEFAULT_WORKSPACE_GIB, head_precision: str = "fp32",
                     external_data: bool | None = None, overwrite: bool = False
                     ) -> TensorRTExport:
-    """Plugin-node ONNX graph for `target`, then (with `engine`) a TensorRT engine.
+    """The TensorRT graph for `target` (plugin graph for int folds, the native FP4 graph
+    for nvfp4), then (with `engine`) a TensorRT engine.
 
-    With `engine`, TensorRT and the plugin library are looked up first: where they are
-    missing, `TensorRTUnavailableError` / `PluginLibraryError` says what to install and
-    nothing is written. `EngineBuildError` (the build itself failed) comes after the
-    graph is safely written; its message says where.
+    A fold no TensorRT graph fits (mxfp4, nvfp4 with learned activation clips) is refused
+    first. With `engine`, TensorRT and the plugin library (int) or a Blackwell GPU (nvfp4)
+    are looked up next: where they are missing, `TensorRTUnavailableError` /
+    `PluginLibraryError` says what is needed and nothing is written. `EngineBuildError`
+    (the build itself failed) comes after the graph is safely written; its message says
+    where.
     """
-    from ..artifacts import DEPLOY_JSON, read_json
-    from .plugin_graph import check_plugin_format
+    from ..artifacts import DEPLOY_JSON
+    from ..fold.deployed import quant_format, read_deploy
+    from .native_fp4 import check_native_format, check_native_fp4
 
     target = load_target(target)
     meta_file = Path(deploy_dir) / DEPLOY_JSON
-    if meta_file.is_file():  # an FP4 fold is refused before any lookup (else: read_deploy's error)
-        check_plugin_format(read_json(meta_file))
+    meta = read_json(meta_file) if meta_file.is_file() else {}  # none: read_deploy's error
+    native = quant_format(meta).is_fp4
+    if native:  # refused before any lookup
+        check_native_format(meta)
+        check_native_fp4(*read_deploy(deploy_dir))
     if engine:
         import_tensorrt()
-        find_plugin_library(plugin_library)
-    out = write_plugin_onnx(deploy_dir, out_dir, target, head_precision=head_precision,
-                            external_data=external_data, overwrite=overwrite)
+        if native:
+            check_fp4_device()
+        else:
+            find_plugin_library(plugin_library)
+    write = write_native_fp4_onnx if native else write_plugin_onnx
+    out = write(deploy_dir, out_dir, target, head_precision=head_precision,
+                external_data=external_data, overwrite=overwrite)
     from ..export.onnx_export import MODEL_FILE
 
     if not engine:
@@ -329,6 +418,7 @@ def export_tensorrt(deploy_dir: str | Path, out_dir: str | Path, target: str | T
         path = build_engine(out, target, plugin_library=plugin_library, max_batch=max_batch,
                             max_seq=max_seq, workspace_gib=workspace_gib)
     except TensorRTError as err:
-        raise type(err)(f"wrote the TensorRT plugin graph to {out / MODEL_FILE}, but no engine: "
-                        f"{err}") from None
+        what = "native FP4" if native else "plugin"
+        raise type(err)(f"wrote the TensorRT {what} graph to {out / MODEL_FILE}, but no "
+                        f"engine: {err}") from None
     return TensorRTExport(out, out / MODEL_FILE, path)

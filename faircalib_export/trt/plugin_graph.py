@@ -54,9 +54,9 @@ def check_plugin_format(meta: dict) -> None:
     if fmt.is_fp4:
         raise ConfigError(
             f"this model is folded from a {fmt.value} calibration; the TensorRT W4A4 plugins "
-            f"take int4 codes only and would misread its E2M1 nibbles. TensorRT's native FP4 "
-            f"graph is not written yet: export it with --format onnx --variant w4a4-fp4 (or "
-            f"w4a4-fp4-emu for ONNX Runtime), or calibrate with --format int for the plugins")
+            f"take int4 codes only and would misread its E2M1 nibbles (an nvfp4 fold takes "
+            f"TensorRT's native FP4 graph, trt/native_fp4.py; ONNX: --variant w4a4-fp4 or "
+            f"w4a4-fp4-emu)")
 
 
 class PluginWriter(_Writer):
@@ -65,10 +65,7 @@ class PluginWriter(_Writer):
     def __init__(self, b: GraphBuilder, meta: dict, t: dict, head_precision: str = "fp32"):
         check_plugin_format(meta)  # before the writer reads FP4 nibbles as int4 codes
         super().__init__(b, meta, t, "w4a4")
-        if head_precision not in HEAD_PRECISIONS:
-            raise ConfigError(f"head precision must be one of {', '.join(HEAD_PRECISIONS)}, "
-                              f"got {head_precision!r}")
-        self.head_precision = head_precision
+        self.head_precision = check_head_precision(head_precision)
         if (self.w_bits, self.a_bits) != (4, 4):
             raise ConfigError(f"the TensorRT plugins implement W4A4 only; this model is "
                               f"W{self.w_bits}A{self.a_bits}")
@@ -133,11 +130,23 @@ class PluginWriter(_Writer):
 
     def head_logits(self, h: str) -> str:
         """Logits (B, S, V) float32 from the final hidden state (see the module note)."""
-        b = self.b
         if self.meta["head_bits"] == 16 and self.head_precision == "fp16":
-            w_t = np.ascontiguousarray(self.t["lm_head.weight"].half().numpy().T)  # (E, V)
-            h16 = b.op("Cast", [h], to=TensorProto.FLOAT16)
-            logits = b.op("MatMul", [h16, b.init("lm_head.weight_t", w_t)])
-            return b.op("Cast", [logits], to=TensorProto.FLOAT)
+            return fp16_head_logits(self.b, self.t, h)
         return super().head_logits(h)
+
+
+def check_head_precision(head_precision: str) -> str:
+    if head_precision not in HEAD_PRECISIONS:
+        raise ConfigError(f"head precision must be one of {', '.join(HEAD_PRECISIONS)}, "
+                          f"got {head_precision!r}")
+    return head_precision
+
+
+def fp16_head_logits(b: GraphBuilder, t: dict, h: str) -> str:
+    """The "fp16" head of the TensorRT graphs: h (B, S, E) in fp16 times the pre-transposed
+    fp16 table, logits cast back to float32."""
+    w_t = np.ascontiguousarray(t["lm_head.weight"].half().numpy().T)  # (E, V)
+    logits = b.op("MatMul", [b.op("Cast", [h], to=TensorProto.FLOAT16),
+                             b.init("lm_head.weight_t", w_t)])
+    return b.op("Cast", [logits], to=TensorProto.FLOAT)
 

@@ -29,9 +29,10 @@ class ExportError(RuntimeError):
 
 
 # The variants faircalib-export writes (export/onnx_export.py VARIANTS and the TensorRT
-# exporter's plugin graph); kept here because the runtime never imports faircalib_export.
-KNOWN_VARIANTS = ("w4a4", "w4a4-int", "weight-only", "tensorrt-plugins", "w4a4-fp4",
-                  "w4a4-fp4-emu")
+# exporter's plugin and native-FP4 graphs); kept here because the runtime never imports
+# faircalib_export.
+KNOWN_VARIANTS = ("w4a4", "w4a4-int", "weight-only", "tensorrt-plugins", "tensorrt-nvfp4",
+                  "w4a4-fp4", "w4a4-fp4-emu")
 # FLOAT4E2M1 Q/DQ at opset 23: ONNX Runtime's CPU provider has no kernels for it
 FP4_QDQ_VARIANT = "w4a4-fp4"
 FORMAT = "faircalib-onnx"

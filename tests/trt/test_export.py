@@ -106,20 +106,24 @@ def test_only_w4a4_has_plugins(deployed):
 
 @pytest.mark.parametrize("fmt", ["nvfp4", "mxfp4"])
 def test_an_fp4_fold_is_refused_for_the_int4_plugins(deployed, tmp_path, monkeypatch, fmt):
-    """The plugins would read E2M1 nibbles as int4 codes: an FP4 fold is refused, with the
-    FP4 ONNX variants named, before TensorRT is looked up and before anything is written.
-    (Mutant: the writer accepting `quant_format` nvfp4.)"""
+    """The plugins would read E2M1 nibbles as int4 codes: the plugin writer refuses an FP4
+    fold. export_tensorrt sends nvfp4 to TensorRT's native FP4 graph (its tests:
+    tests/export/test_trt_native_fp4.py) and refuses mxfp4, which TensorRT's dynamic
+    quantization does not do, before TensorRT is looked up and before anything is written.
+    (Mutants: the writer accepting `quant_format` nvfp4; mxfp4 given a TensorRT graph.)"""
     from faircalib_export.export.graph import GraphBuilder
 
     meta, tensors = read_deploy(deployed)
-    with pytest.raises(ConfigError, match=f"{fmt} calibration.*w4a4-fp4"):
+    with pytest.raises(ConfigError, match=f"{fmt} calibration.*misread its E2M1 nibbles"):
         PluginWriter(GraphBuilder("x"), dict(meta, quant_format=fmt), tensors)
+    if fmt == "nvfp4":
+        return
     fp4 = tmp_path / "deploy-fp4"
     shutil.copytree(deployed, fp4)
     (fp4 / "deploy.json").write_text(json.dumps(dict(meta, quant_format=fmt)))
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # would be TensorRTUnavailableError
     for engine in (True, False):
-        with pytest.raises(ConfigError, match="misread its E2M1 nibbles"):
+        with pytest.raises(ConfigError, match="native FP4 graph is nvfp4 only.*w4a4-fp4"):
             export_tensorrt(fp4, tmp_path / "out", "rtx5090", engine=engine)
     assert not (tmp_path / "out").exists()
 
@@ -138,6 +142,7 @@ def test_without_tensorrt_nothing_is_written_and_the_error_is_typed(deployed, tm
     assert result.engine is None and result.onnx.is_file()
     runtime = json.loads((tmp_path / "graph-only" / "runtime.json").read_text())
     assert runtime["target"]["name"] == "rtx3090" and runtime["engine"] is None
+    assert runtime["variant"] == "tensorrt-plugins"  # an int fold: the plugin graph
 
 
 def test_missing_plugin_library_is_a_typed_error(plugin_export, monkeypatch, tmp_path):
