@@ -32,6 +32,9 @@ stay fp16 initializers unless folded smaller.
 LM head. By default (`head_activations="float"`) the head is a float32 MatMul on the
 head's table (fp16, or int4 / int8 codes x per-row scales), which ONNX Runtime folds into
 one float32 weight at load: the head costs 4 bytes per weight resident and an fp32 GEMM.
+In the `w4a4` and `weight-only` graphs a head folded to 4 bits is instead written like a
+block linear, DequantizeLinear(INT4 codes (E, V), per-column scales) + MatMul, which ORT
+fuses into MatMulNBits: 4 bits resident (LLaDA-8B: the whole session 1.44x the file).
 `head_activations="int8"` (w4a4-int only, a head folded to 4 or 8 bits) runs it as the
 sites do, with integer GEMMs: h (the final normed hidden state) -> per-token symmetric
 int8 codes, s = max|h_row| / 127 (no clip), u = round_half_even(h / s) + 128 ->
