@@ -52,7 +52,8 @@ def summarize(model: Path, task: str, config, fp_acc: dict, runs: list[dict],
         "model": str(model), "task": task,
         "settings": {"w_bits": config.w_bits, "a_bits": config.a_bits,
                      "formats": list(getattr(config, "formats", ("int",))),
-                     "epochs": config.epochs, "seeds": list(config.seeds),
+                     "epochs": config.epochs, "calib_samples": config.calib_samples,
+                     "seeds": list(config.seeds),
                      "calibration_data": config.data or f"task:{task} (calibration split)",
                      "eval_problems": config.limit, "diagnosed_sequences": config.diag_samples},
         "fp": {"accuracy": fp_acc["accuracy"], "n": fp_acc["n"],
@@ -150,6 +151,11 @@ def _ms(stat: dict, fmt: str = ".3g", pct: bool = False) -> str:
     return f"{mean:{fmt}}{unit}" if stat["n"] < 2 else f"{mean:{fmt}} ± {std:{fmt}}{unit}"
 
 
+def _samples(settings: dict) -> str:
+    n = settings.get("calib_samples")  # absent in reports written before it was recorded
+    return f"{n} sequences, " if n else ""
+
+
 def markdown(results: dict) -> str:
     s = results["settings"]
     fp = results["fp"]
@@ -164,7 +170,8 @@ def markdown(results: dict) -> str:
         f"- diagnostics: {s['diagnosed_sequences']} held-out sequences, teacher-forced on "
         f"the FP teacher's trajectory (flips, KL, margin) and on each model's own trajectory "
         f"(never-agree, mean-disagree, final disagreement with the teacher)",
-        f"- calibration: {s['calibration_data']}, {s['epochs']} epochs per block, seeds "
+        f"- calibration: {s['calibration_data']}, "
+        f"{_samples(s)}{s['epochs']} epochs per block, seeds "
         f"{s['seeds']}; mean ± std over seeds (rtn is deterministic: one run)",
     ]
     if with_format:

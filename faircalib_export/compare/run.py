@@ -25,6 +25,7 @@ results, not an error. With a format other than a single int, each row is labell
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -268,9 +269,13 @@ def _run_compare(path: Path, out: Path, config: CompareConfig, say, detail) -> d
                           + "; ".join(f"{s['entry']} {s['format']}" for s in skipped))
     fp_acc = _evaluate(path, task, config, say, cache=out / "fp-eval.json")
     diag = _diagnose(path, runs, config, out, say, detail)
+    from ..calibrate.config import recipe_for
     from .report import summarize
 
-    results = summarize(path, task, config, fp_acc, runs, diag, skipped)
+    recipe = recipe_for(hidden)  # the report names what ran, not "default"
+    results = summarize(path, task, dataclasses.replace(
+        config, epochs=config.epochs if config.epochs is not None else recipe.epochs,
+        calib_samples=config.calib_samples or recipe.samples), fp_acc, runs, diag, skipped)
     distributed.on_main(lambda: _write_json(out / "results.json", results))
     return results
 

@@ -242,8 +242,7 @@ def test_compare_formats_end_to_end_skips_gptq_in_fp4(shipped_llada, tmp_path):
     from faircalib_export.compare.commands import summary_table
 
     config = CompareConfig(entries=tuple(parse_entries(["quarot", "rtn"])), seeds=(0,),
-                           epochs=1, calib_samples=4, limit=4, diag_samples=2,
-                           formats=("nvfp4",))
+                           calib_samples=4, limit=4, diag_samples=2, formats=("nvfp4",))
     steps: list[str] = []
     res = run_compare(shipped_llada, tmp_path, config, steps.append)
     assert [s for s in steps if s.startswith("calibrating")] == ["calibrating rtn-nvfp4-s0"]
@@ -256,6 +255,10 @@ def test_compare_formats_end_to_end_skips_gptq_in_fp4(shipped_llada, tmp_path):
     assert 0.0 <= run["accuracy"] <= 1.0 and run["kl_masked"] > 0.0  # FP4 is not FP
     text = markdown(res)
     assert "| rtn | nvfp4 |" in text and "quarot in nvfp4: not run" in text
+    from faircalib_export.calibrate.config import TINY_RECIPE
+
+    # the report names the recipe that ran (no --epochs: the model's), not "None"
+    assert f"4 sequences, {TINY_RECIPE.epochs} epochs per block" in text
     assert summary_table(res).columns[1].header == "format"
     with pytest.raises(ConfigError, match="no method can calibrate"):
         run_compare(shipped_llada, tmp_path / "none", CompareConfig(
