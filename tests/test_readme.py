@@ -80,10 +80,11 @@ def test_readme_results_commands_use_real_options():
     import typer.main
 
     from faircalib_export.cli import app
-    from faircalib_export.compare.run import parse_entries
+    from faircalib_export.compare.run import parse_entries, parse_formats
 
     text = (ROOT / "README.md").read_text().split("## Results on the shipped models", 1)[1]
-    block = re.search(r"```bash\n(.*?)```", text, re.S).group(1).replace("\\\n", " ")
+    text = text.split("\n## ", 1)[0]
+    block = "\n".join(re.findall(r"```bash\n(.*?)```", text, re.S)).replace("\\\n", " ")
     command = typer.main.get_command(app).commands["compare"]
     known = {opt for p in command.params for opt in p.opts}
     runs = [shlex.split(line) for line in block.splitlines() if line.strip()]
@@ -93,3 +94,5 @@ def test_readme_results_commands_use_real_options():
         assert set(options) <= known, set(options) - known
         if "--methods" in argv:
             parse_entries(argv[argv.index("--methods") + 1].split(","))
+        if "--formats" in argv:
+            parse_formats(argv[argv.index("--formats") + 1])
