@@ -294,23 +294,31 @@ def test_engine_build_needs_a_blackwell_gpu_not_the_plugins(native_chain, monkey
         build_engine(out)
 
 
-@pytest.mark.tensorrt
-@pytest.mark.gpu
-def test_native_engine_on_a_blackwell_gpu(native_chain, tmp_path):
-    """Where TensorRT and a GPU with FP4 tensor cores exist: the engine builds from the
-    graph without plugins, TensorRTBackend runs it, and its logits agree with the graph
-    under the reference evaluator (our emulation of TensorRT's op) as closely as two
-    FP4 roundings of the same model can (see docs/fp4.md: ulp-level differences flip
-    some E2M1 codes). Skips elsewhere, naming why."""
+@pytest.fixture(scope="module")
+def blackwell():
+    """TensorRT and a GPU with FP4 tensor cores, or a skip naming what is missing (asked
+    before `native_chain`, so a machine without them calibrates nothing)."""
     pytest.importorskip("tensorrt")
-    from faircalib_export.trt.backend import TensorRTBackend
     from faircalib_export.trt.errors import TensorRTUnavailableError
-    from faircalib_export.trt.export import build_engine, check_fp4_device
+    from faircalib_export.trt.export import check_fp4_device
 
     try:
         check_fp4_device()
     except TensorRTUnavailableError as err:
         pytest.skip(str(err))
+
+
+@pytest.mark.tensorrt
+@pytest.mark.gpu
+def test_native_engine_on_a_blackwell_gpu(blackwell, native_chain, tmp_path):
+    """Where TensorRT and a GPU with FP4 tensor cores exist: the engine builds from the
+    graph without plugins, TensorRTBackend runs it, and its logits agree with the graph
+    under the reference evaluator (our emulation of TensorRT's op) as closely as two
+    FP4 roundings of the same model can (see docs/fp4.md: ulp-level differences flip
+    some E2M1 codes). Skips elsewhere, naming why."""
+    from faircalib_export.trt.backend import TensorRTBackend
+    from faircalib_export.trt.export import build_engine
+
     _, _, _, out = native_chain
     engine_dir = tmp_path / "trt"
     shutil.copytree(out, engine_dir)
