@@ -347,3 +347,53 @@ def test_readme_serve_examples_run(onnx_dir, start_server):
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
         assert "'positions'" in out.stdout  # the streamed denoising events
+
+
+def test_sigterm_finishes_the_request_in_flight(onnx_dir):
+    """`faircalib-export serve` as a user runs it: SIGTERM while a request decodes lets it
+    finish (200, full text), then the application shuts down cleanly and the process
+    exits."""
+    import signal
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "faircalib_export", "serve", str(onnx_dir),
+                             "--port", str(port), "--name", "chain", "--max-tokens", "440"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stderr.read()
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the server did not come up"
+            time.sleep(0.1)
+        result = {}
+
+        def request():
+            result["response"] = httpx.post(url + "/v1/completions", timeout=120, json={
+                "prompt": "a b c", "max_tokens": 440,
+                "dllm": {"steps": 220, "block_length": 440}})
+
+        client_thread = threading.Thread(target=request)
+        client_thread.start()
+        while metric(type("S", (), {"url": url})(), "decode_steps_total") < 3:
+            time.sleep(0.05)  # it is decoding
+        proc.send_signal(signal.SIGTERM)
+        client_thread.join(120)
+        response = result["response"]
+        assert response.status_code == 200, response.text
+        assert response.json()["choices"][0]["finish_reason"] in ("stop", "length")
+        # uvicorn shuts down gracefully (the lifespan stops the engine), then re-raises
+        # the signal it caught, so the exit status is the SIGTERM one
+        assert proc.wait(60) in (0, -signal.SIGTERM)
+        assert "Application shutdown complete" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
