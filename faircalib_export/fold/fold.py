@@ -55,13 +55,18 @@ def _store_fp4(out: dict, prefix: str, values: torch.Tensor, scale: torch.Tensor
 TABLE_CHUNK_ROWS = 4096  # rows of an embedding / head table quantized at a time
 
 
-def _quantize_table(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row codes and scales of a (rows, hidden) table, computed in float64 a chunk of
-    rows at a time: the same numbers as one call, without float64 copies of a whole
-    126k x 4096 table (over 12 GiB of temporaries at LLaDA-8B's size)."""
-    parts = [quantize_rows(weight[i:i + TABLE_CHUNK_ROWS].double(), bits)
-             for i in range(0, weight.shape[0], TABLE_CHUNK_ROWS)]
-    return torch.cat([c for c, _ in parts]), torch.cat([s for _, s in parts])
+def _quantize_table(name: str, weight: torch.Tensor, bits: int) -> dict[str, torch.Tensor]:
+    """`name`'s stored codes (int4 packed or int8) and per-row scales of a (rows, hidden)
+    table, quantized in float64 and packed a chunk of rows at a time: the numbers of one
+    call, without whole-table temporaries (float64 copies of a 126k x 4096 head are over
+    12 GiB; its unpacked codes 0.5 GiB more)."""
+    parts: list[dict[str, torch.Tensor]] = []
+    for i in range(0, weight.shape[0], TABLE_CHUNK_ROWS):
+        part: dict[str, torch.Tensor] = {}
+        _store_codes(part, name, *quantize_rows(weight[i:i + TABLE_CHUNK_ROWS].double(), bits),
+                     bits)
+        parts.append(part)
+    return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
 
 
 def fold_artifact(artifact: str | Path, out: str | Path, *, embed_bits: int = 16,
@@ -115,10 +120,7 @@ def fold_artifact(artifact: str | Path, out: str | Path, *, embed_bits: int = 16
             if bits == 16:
                 weights.add(f"{name}.weight", weight)
             else:
-                table: dict[str, torch.Tensor] = {}
-                codes, scale = _quantize_table(weight, bits)
-                _store_codes(table, name, codes, scale, bits)
-                for key, value in table.items():
+                for key, value in _quantize_table(name, weight, bits).items():
                     weights.add(key, value)
             del weight
         weights.close()
