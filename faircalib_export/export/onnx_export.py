@@ -480,9 +480,7 @@ class _Writer:
             # int4 codes (E, V) with per-column scales, DequantizeLinear + MatMul: ONNX
             # Runtime fuses them into MatMulNBits and keeps the head at 4 bits resident
             # (the Cast form below is folded to an fp32 table at load)
-            codes = self._codes("lm_head", self.cfg.hidden_size, 4)  # (V, E)
-            weight = b.init("lm_head.codes_t", int_tensor("lm_head.codes_t", codes.T, 4))
-            scale = b.init("lm_head.scale", self.np("lm_head.scale").reshape(-1))
+            weight, scale = self._head_codes_t(4)
             return b.op("MatMul", [h, b.op("DequantizeLinear", [weight, scale], axis=1)])
         head, head_scale = self.table("lm_head", self.meta["head_bits"])
         w = b.op("Cast", [head], to=TensorProto.FLOAT)
@@ -495,15 +493,21 @@ class _Writer:
         per token to int8 codes u (s = max|h_row| / 127, no clip), the head's int4 / int8
         codes (V, E) with per-row scales c (V,)."""
         b, bits = self.b, self.meta["head_bits"]
-        codes = self._codes("lm_head", self.cfg.hidden_size, bits)  # (V, E)
-        weight = b.init("lm_head.codes_t", int_tensor("lm_head.codes_t", codes.T, bits))
+        weight, head_scale = self._head_codes_t(bits)
         if bits <= 4:  # INT4 on disk; ORT folds the cast once at load
             weight = b.op("Cast", [weight], to=TensorProto.INT8)
         scale = self._token_scale(h, HEAD_ACT_BITS, None)
         u = self._uint8_codes(h, scale, HEAD_ACT_BITS)
         acc = b.op("MatMulInteger", [u, weight, b.const(1 << (HEAD_ACT_BITS - 1), np.uint8)])
         return b.op("Mul", [b.op("Mul", [b.op("Cast", [acc], to=TensorProto.FLOAT), scale]),
-                            b.init("lm_head.scale", self.np("lm_head.scale").reshape(-1))])
+                            head_scale])
+
+    def _head_codes_t(self, bits: int) -> tuple[str, str]:
+        """The folded head's codes as an (E, V) int initializer and its per-row scales
+        (V,): the layout of a block linear's weight, for the integer and the Q/DQ head."""
+        codes = self._codes("lm_head", self.cfg.hidden_size, bits)  # (V, E)
+        return (self.b.init("lm_head.codes_t", int_tensor("lm_head.codes_t", codes.T, bits)),
+                self.b.init("lm_head.scale", self.np("lm_head.scale").reshape(-1)))
 
     def summaries(self, logits: str) -> None:
         b = self.b

@@ -353,20 +353,16 @@ def create_app(model: str | Path | None = None, *, opened: Any = None, name: str
             finished = asyncio.gather(*done.values())
             deadline = None if server.timeout is None else started + server.timeout
             try:
-                while True:  # wake twice a second: a client that went away frees its rows
-                    wait = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
+                while not finished.done():  # wake up to check on the client, and the clock
+                    wait = poll_wait(deadline)
                     if wait <= 0:
                         raise asyncio.TimeoutError
-                    try:
-                        await asyncio.wait_for(asyncio.shield(finished), wait)
-                        break
-                    except asyncio.TimeoutError:
-                        if deadline is not None and time.monotonic() >= deadline:
-                            raise
-                        if await request.is_disconnected():
-                            cancel_all()
-                            finished.cancel()
-                            return Response(status_code=499)  # nobody reads it
+                    await asyncio.wait({finished}, timeout=wait)
+                    if not finished.done() and await request.is_disconnected():
+                        cancel_all()  # the client went away: free its rows
+                        finished.cancel()
+                        return Response(status_code=499)  # nobody reads it
+                finished.result()  # a decoding error is raised here
             except asyncio.TimeoutError as err:
                 cancel_all()
                 finished.cancel()
@@ -412,7 +408,7 @@ def create_app(model: str | Path | None = None, *, opened: Any = None, name: str
                     if await request.is_disconnected():
                         cancel_all()
                         return
-                    wait = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
+                    wait = poll_wait(deadline)
                     if wait <= 0:
                         cancel_all()
                         err = _error_body(f"the request did not finish within "
@@ -464,6 +460,15 @@ def create_app(model: str | Path | None = None, *, opened: Any = None, name: str
         return await run(request, req, [server.conversation(req.messages)], chat=True)
 
     return app
+
+
+DISCONNECT_POLL_S = 0.5  # how often a waiting request checks on its client
+
+
+def poll_wait(deadline: float | None) -> float:
+    """Seconds to wait before checking on the client again (<= 0: the deadline passed)."""
+    return DISCONNECT_POLL_S if deadline is None else min(DISCONNECT_POLL_S,
+                                                          deadline - time.monotonic())
 
 
 def _chat_renderer(opened: Any):

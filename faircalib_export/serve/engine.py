@@ -271,20 +271,26 @@ class Engine:
                     if self._closed:
                         return
                     self._cond.wait()
-                if self._running is None:
+                running = self._running
+                if running is None:
                     head = self._queue[0]
                     if not (self.continuous and continuous.supports(head.config)):
                         batch = self._take(head.key, self.max_batch)
-                        self._running = None
-                    else:
-                        batch = None
-                        self._running = RunningBatch(head.config)
-                joining = (self._take(self._running.key, self.max_batch - len(self._running),
-                                      in_order=True) if self._running is not None else [])
-            if batch is not None:
+                    else:  # a new continuous batch
+                        running = self._running = RunningBatch(
+                            continuous.Continuous(self._model_backend(), head.config))
+                if running is not None:
+                    joining = self._take(running.key, self.max_batch - len(running),
+                                         in_order=True)
+            if running is None:
                 self._decode(batch)
             else:
-                self._step(joining)
+                self._step(running, joining)
+
+    def _model_backend(self) -> Any:
+        if self._backend is None:
+            self._backend = self.model.backend()
+        return self._backend
 
     def _take(self, key: Any, limit: int, in_order: bool = False) -> list[Job]:
         """Waiting jobs with `key` (the caller holds the lock), oldest first. `in_order`
@@ -303,13 +309,8 @@ class Engine:
         self.metrics.observe_admitted(len(batch))
         return batch
 
-    def _step(self, joining: list[Job]) -> None:
+    def _step(self, running: RunningBatch, joining: list[Job]) -> None:
         """Admit `joining` to the running batch, drop cancelled rows, run one step."""
-        running = self._running
-        if running.stepper is None:
-            if self._backend is None:
-                self._backend = self.model.backend()
-            running.stepper = continuous.Continuous(self._backend, running.config)
         for job in joining:
             try:
                 running.jobs[running.stepper.add(job.prompt)] = job
@@ -370,15 +371,14 @@ class Engine:
 
 @dataclass(eq=False)
 class RunningBatch:
-    """The running continuous batch: its config (= batch key) and its rows' jobs."""
+    """The running continuous batch: its rows and each row's job."""
 
-    config: Any
-    stepper: Any = None  # faircalib_runtime.continuous.Continuous, made by the worker
+    stepper: continuous.Continuous
     jobs: dict = field(default_factory=dict)  # Row -> Job
 
     @property
     def key(self) -> Any:
-        return self.config
+        return self.stepper.config  # greedy configs: the batch key is the config
 
     def __len__(self) -> int:
         return len(self.jobs)

@@ -108,7 +108,6 @@ class Continuous:
         if self.llada:
             self._start_block(row)
         self.rows.append(row)
-        self._retire()
         return row
 
     def remove(self, row: Row) -> None:
