@@ -25,6 +25,7 @@ from .errors import CheckpointError, ConfigError
 from .models.families import END_OF_TURN
 
 TORCH_KINDS = ("checkpoint", "calibrated", "folded")
+EXPORTED_KINDS = ("onnx", "tensorrt")  # run by their own runtimes, without torch
 
 
 @runtime_checkable
@@ -196,7 +197,7 @@ READERS: dict[str, Callable[[Path, str], OpenedModel]] = {
     "onnx": _open_onnx,
     "tensorrt": _open_tensorrt,
 }
-assert set(READERS) == set(KIND_READERS_ORDER)
+assert set(READERS) == set(KIND_READERS_ORDER) == {*TORCH_KINDS, *EXPORTED_KINDS}
 
 
 def open_model(name_or_path: str | Path, device: str = "cpu", *,
@@ -238,5 +239,6 @@ def torch_forward(opened: OpenedModel) -> Callable:
     return forward
 
 
-__all__ = ["END_OF_TURN", "OpenedModel", "READERS", "TORCH_KINDS", "TorchModel", "open_model",
+__all__ = ["END_OF_TURN", "EXPORTED_KINDS", "OpenedModel", "READERS", "TORCH_KINDS",
+           "TorchModel", "open_model",
            "read_generation_config", "torch_forward"]

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import FaircalibError
+from .opener import EXPORTED_KINDS
 
 DEFAULT_PROMPTS = (
     "What is 12 plus 30?", "Write a short sentence about the sea.",
@@ -150,7 +151,7 @@ def check_same_model(reference, exported) -> None:
     """Refuse a model exported from another model or calibration, or another tokenizer."""
     from .artifacts import file_sha256
 
-    recorded = getattr(exported, "config", None) if exported.kind in ("onnx", "tensorrt") \
+    recorded = getattr(exported, "config", None) if exported.kind in EXPORTED_KINDS \
         else None
     source = LINEAGE.get(reference.kind)
     if recorded is not None and source is not None and reference.path is not None:
@@ -189,7 +190,7 @@ def validate(reference, exported, prompts: list[str], *, chat: bool = True, seed
         "logits_rel_error": metrics["logits_rel_error"] <= thresholds.rel_error_max,
         "kl_mean": metrics["kl_mean"] <= thresholds.kl_max,
     }
-    recorded = getattr(exported, "config", {}) if exported.kind in ("onnx", "tensorrt") else {}
+    recorded = getattr(exported, "config", {}) if exported.kind in EXPORTED_KINDS else {}
     report = {"metrics": metrics, "thresholds": asdict(thresholds), "checks": checks,
               "passed": all(checks.values()), "policy": config.to_dict(),
               "exported": {"kind": exported.kind, **{k: recorded.get(k) for k in

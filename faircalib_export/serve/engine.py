@@ -39,6 +39,8 @@ import numpy as np
 
 from faircalib_runtime import continuous
 
+from ..opener import EXPORTED_KINDS
+
 log = logging.getLogger(__name__)
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
@@ -212,7 +214,7 @@ class Engine:
         self.max_batch = max_batch
         self.metrics = metrics or Metrics()
         if continuous is None:
-            continuous = getattr(model, "kind", None) in ("onnx", "tensorrt")
+            continuous = getattr(model, "kind", None) in EXPORTED_KINDS
         self.continuous = continuous
         self._queue: deque[Job] = deque()
         self._cond = threading.Condition()
